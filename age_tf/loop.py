@@ -1,0 +1,209 @@
+"""The training loop: strategy, input, compiled steps, checkpoints, TensorBoard summaries, progress."""
+
+import os
+import sys
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+from absl import logging
+
+from age_tf import checkpointing
+from age_tf import config as config_lib
+from age_tf import data
+from age_tf import distribute
+from age_tf import images as images_lib
+from age_tf.errors import UserError
+from age_tf.methods import METHODS
+
+NUM_SAMPLES = 64  # 8 x 8 sample grid
+NUM_RECONSTRUCTIONS = 32  # 32 real | reconstruction pairs, 8 x 8 grid
+SAMPLES_PNG = "samples.png"
+RECONSTRUCTIONS_PNG = "reconstructions.png"
+PROGRESS_KEYS = ("encoder/kl_real", "encoder/kl_fake", "generator/kl_fake",
+                 "encoder/x_recon", "generator/z_recon")
+
+
+def train(config, strategy=None):
+  """Trains (or resumes) the run `config` describes; returns the last logged metrics."""
+  spec = config_lib.dataset_spec(config)
+  strategy = strategy or distribute.make_strategy(config.strategy, config.num_cpu_replicas)
+  replicas = strategy.num_replicas_in_sync
+  if config.batch_size % replicas:
+    raise UserError(f"--batch_size={config.batch_size} does not split evenly over {replicas} "
+                    f"replicas; use a multiple of {replicas}.")
+  checkpointing.prepare_model_dir(config)
+
+  with strategy.scope():
+    model = METHODS[config.method].from_config(config, synchronized_bn=replicas > 1)
+    model.build_optimizers()
+    step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
+                       aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    checkpoint = checkpointing.make_checkpoint(model, step)
+    manager = tf.train.CheckpointManager(
+        checkpoint, checkpointing.checkpoint_dir(config.model_dir),
+        max_to_keep=config.keep_checkpoints, step_counter=step)
+    if manager.latest_checkpoint:
+      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+  start = int(step.numpy())
+  logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
+               "replica(s); model_dir %s%s", config.method, spec.name, spec.image_size,
+               spec.image_size, spec.channels, config.latent_dim, config.train_steps,
+               config.steps_per_epoch, config.batch_size, replicas, config.model_dir,
+               f"; resuming at step {start}" if start else "")
+  if start >= config.train_steps:
+    logging.info("Already trained to step %d (--train_steps=%d); nothing to do.",
+                 start, config.train_steps)
+    return {}
+
+  def dataset_fn(input_context):
+    # Reseeded on resume so a resumed run does not replay the first batches.
+    return data.train_dataset(
+        spec, input_context.get_per_replica_batch_size(config.batch_size),
+        model.batches_per_step, seed=config.seed + start, data_dir=config.data_dir or None,
+        download=config.download, cache=config.cache, shuffle_buffer=config.shuffle_buffer,
+        input_context=input_context)
+
+  iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
+  run_steps = compile_train_steps(strategy, model, step)
+  figures = _Figures(config, spec, model)
+  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+  progress = _Progress(config.train_steps, start)
+  intervals = (config.log_every, config.image_every, config.checkpoint_every, config.steps_per_loop)
+
+  if start == 0:
+    figures.write(writer, 0)
+  current, logged = start, _Accumulator()
+  timed_steps, timed_seconds, first_chunk = 0, 0.0, True
+  while current < config.train_steps:
+    boundary = min([(current // k + 1) * k for k in intervals] + [config.train_steps])
+    num_steps = boundary - current
+    began = time.perf_counter()
+    means = {k: float(v) for k, v in run_steps(iterator, tf.constant(num_steps)).items()}
+    seconds = time.perf_counter() - began
+    current += num_steps
+    if not first_chunk:  # the first call includes tracing
+      timed_steps, timed_seconds = timed_steps + num_steps, timed_seconds + seconds
+    first_chunk = False
+    logged.add(means, num_steps)
+    done = current == config.train_steps
+    if current % config.log_every == 0 or done:
+      perf = {}
+      if timed_seconds:
+        rate = timed_steps / timed_seconds
+        perf = {"perf/steps_per_sec": rate, "perf/images_per_sec": rate * config.batch_size}
+      last = dict(logged.means(), **perf)
+      _write_scalars(writer, current, last, model)
+      progress.log(current, last)
+      logged, timed_steps, timed_seconds = _Accumulator(), 0, 0.0
+    progress.update(current, means)
+    if current % config.image_every == 0 or done:
+      figures.write(writer, current)
+    if current % config.checkpoint_every == 0 or done:
+      manager.save(checkpoint_number=current)
+  writer.flush()
+  progress.finish()
+  assert int(step.numpy()) == current, (int(step.numpy()), current)
+  logging.info("Trained to step %d; checkpoint %s", current, manager.latest_checkpoint)
+  return last
+
+
+def compile_train_steps(strategy, model, step):
+  """A tf.function running N train steps in a tf.range loop; returns their mean metrics."""
+  names = model.metric_names
+
+  @tf.function
+  def run_steps(iterator, num_steps):
+    sums = {k: tf.zeros([]) for k in names}
+    for _ in tf.range(num_steps):
+      outputs = strategy.run(model.train_step, args=(next(iterator),))
+      if set(outputs) != set(names):
+        raise ValueError(f"train_step returned {sorted(outputs)}, not metric_names {names}")
+      sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs[k], axis=None)
+              for k in names}
+      step.assign_add(1)
+    return {k: v / tf.cast(num_steps, tf.float32) for k, v in sums.items()}
+
+  return run_steps
+
+
+class _Accumulator:
+  """Step-weighted means of metrics over a logging interval."""
+
+  def __init__(self):
+    self.sums, self.count = {}, 0
+
+  def add(self, means, num_steps):
+    for k, v in means.items():
+      self.sums[k] = self.sums.get(k, 0.0) + v * num_steps
+    self.count += num_steps
+
+  def means(self):
+    return {k: v / self.count for k, v in self.sums.items()}
+
+
+def _write_scalars(writer, step, metrics, model):
+  with writer.as_default(step=step):
+    for name, value in metrics.items():
+      tf.summary.scalar(name, value)
+    for name, (optimizer, _) in model.optimizers().items():
+      tf.summary.scalar(f"learning_rate/{name.replace('_optimizer', '')}",
+                        float(optimizer.learning_rate))
+
+
+class _Figures:
+  """Samples from a fixed z and reconstructions of fixed test images: TensorBoard and PNG."""
+
+  def __init__(self, config, spec, model):
+    self.model_dir = config.model_dir
+    z = np.random.default_rng(config.seed).standard_normal((NUM_SAMPLES, config.latent_dim))
+    if config.prior == "sphere":
+      z /= np.linalg.norm(z, axis=1, keepdims=True)
+    self.fixed_z = tf.constant(z, tf.float32)
+    self.test_images = None
+    if spec.num_test:
+      self.test_images = data.test_images(spec, NUM_RECONSTRUCTIONS, config.data_dir or None,
+                                          config.download)
+    self._generate = tf.function(lambda z: model.generate(z, training=False))
+    self._reconstruct = tf.function(lambda x: model.reconstruct(x, training=False))
+
+  def write(self, writer, step):
+    grids = {"samples": images_lib.grid(self._generate(self.fixed_z))}
+    if self.test_images is not None:
+      pairs = images_lib.interleave(self.test_images, self._reconstruct(self.test_images))
+      grids["reconstructions"] = images_lib.grid(pairs)
+    with writer.as_default(step=step):
+      for name, grid in grids.items():
+        tf.summary.image(f"images/{name}", grid[None])
+    for name, grid in grids.items():
+      images_lib.write_png(os.path.join(self.model_dir, f"{name}.png"), grid)
+
+
+class _Progress:
+  """A progress bar with ETA on a terminal; absl log lines at each log step otherwise."""
+
+  def __init__(self, total, start):
+    self.total, self.start, self.began = total, start, time.time()
+    self.bar = None
+    if sys.stdout.isatty():
+      self.bar = keras.utils.Progbar(total, stateful_metrics=PROGRESS_KEYS)
+      self.bar.update(start)
+
+  def update(self, step, metrics):
+    if self.bar is not None:
+      self.bar.update(step, [(k, v) for k, v in metrics.items() if k in PROGRESS_KEYS])
+
+  def log(self, step, metrics):
+    if self.bar is not None:
+      return
+    elapsed = time.time() - self.began
+    eta = elapsed / max(step - self.start, 1) * (self.total - step)
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in PROGRESS_KEYS if k in metrics)
+    logging.info("step %d/%d  %s  (%.0f s elapsed, ETA %.0f s)", step, self.total, shown,
+                 elapsed, eta)
+
+  def finish(self):
+    if self.bar is not None:
+      sys.stdout.write("\n")
+      sys.stdout.flush()

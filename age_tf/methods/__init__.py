@@ -1,0 +1,5 @@
+"""The training methods, by --method name."""
+
+from age_tf.methods.age import AGE
+
+METHODS = {"age": AGE}

@@ -1,0 +1,125 @@
+"""The contract every method implements: its networks, optimizers, prior, train_step, encode/generate."""
+
+import keras
+import tensorflow as tf
+
+PRIORS = ("sphere", "gaussian")
+
+
+class EpochStepDecay(keras.optimizers.schedules.LearningRateSchedule):
+  """The authors' schedule: multiply the rate by `factor` every `decay_epochs` epochs.
+
+  Their `adjust_lr(epoch)` runs at the start of each epoch and decays when
+  `epoch % drop_lr == drop_lr - 1`, so the rate in (0-based) epoch e is
+  initial * factor ** ((e + 1) // decay_epochs). Counted in this optimizer's
+  own updates, so it resumes from a checkpoint with no extra state.
+  """
+
+  def __init__(self, initial_learning_rate, updates_per_epoch, decay_epochs, factor):
+    self.initial_learning_rate = float(initial_learning_rate)
+    self.updates_per_epoch = max(int(updates_per_epoch), 1)
+    self.decay_epochs = int(decay_epochs)
+    self.factor = float(factor)
+
+  def __call__(self, step):
+    if self.decay_epochs <= 0:
+      return tf.constant(self.initial_learning_rate, tf.float32)
+    epoch = tf.cast(step, tf.int64) // self.updates_per_epoch
+    drops = tf.cast((epoch + 1) // self.decay_epochs, tf.float32)
+    return self.initial_learning_rate * tf.pow(self.factor, drops)
+
+  def get_config(self):
+    return dict(initial_learning_rate=self.initial_learning_rate,
+                updates_per_epoch=self.updates_per_epoch,
+                decay_epochs=self.decay_epochs, factor=self.factor)
+
+
+def adam(config, updates_per_step, name):
+  """Adam with the run's betas and epsilon (the authors': 0.5, 0.999, 1e-8) and schedule."""
+  schedule = EpochStepDecay(config.learning_rate, config.steps_per_epoch * updates_per_step,
+                            config.lr_decay_epochs, config.lr_decay_factor)
+  return keras.optimizers.Adam(learning_rate=schedule, beta_1=config.beta1,
+                               beta_2=config.beta2, epsilon=config.adam_epsilon, name=name)
+
+
+class BidirectionalModel(keras.Model):
+  """An encoder-generator pair trained by a method-specific `train_step`.
+
+  Subclasses build their networks and optimizers in `__init__` (under the
+  strategy's scope) and implement `train_step(images)`, where `images` has
+  shape (batches_per_step, per_replica_batch, H, W, C): one real batch per
+  update. `train_step` returns a dict of scalar metrics named in
+  `metric_names`; every loss it differentiates is divided by the number of
+  replicas, since the optimizers sum gradients across replicas.
+  """
+
+  method_name = ""
+
+  def __init__(self, config, encoder, generator, **kwargs):
+    super().__init__(name=config.method, **kwargs)
+    if config.prior not in PRIORS:
+      raise ValueError(f"Unknown prior {config.prior!r}; valid: {PRIORS}.")
+    self.config = config
+    self.encoder = encoder
+    self.generator = generator
+    self.latent_dim = config.latent_dim
+    self.prior = config.prior
+    # A tf.random.Generator created under the strategy's scope draws
+    # different numbers on each replica and is saved in checkpoints.
+    self.noise = tf.random.Generator.from_seed(config.seed)
+    self.num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
+
+  # -- the contract --------------------------------------------------------
+
+  @property
+  def batches_per_step(self):
+    """How many real batches one train_step consumes."""
+    raise NotImplementedError
+
+  @property
+  def metric_names(self):
+    """The keys of the dict train_step returns."""
+    raise NotImplementedError
+
+  def optimizers(self):
+    """{name: (optimizer, the variables it updates)}."""
+    raise NotImplementedError
+
+  def train_step(self, images):
+    raise NotImplementedError
+
+  # -- shared behaviour ----------------------------------------------------
+
+  def build_optimizers(self):
+    """Creates optimizer slots now, so checkpoints restore into them and tracing creates none."""
+    for optimizer, variables in self.optimizers().values():
+      optimizer.build(variables)
+
+  def sample_prior(self, batch_size):
+    """z ~ N(0, I), projected onto the unit sphere for the sphere prior."""
+    z = self.noise.normal([batch_size, self.latent_dim])
+    return tf.math.l2_normalize(z, axis=-1) if self.prior == "sphere" else z
+
+  def encode(self, images, training=False):
+    return self.encoder(images, training=training)
+
+  def generate(self, codes, training=False):
+    return self.generator(codes, training=training)
+
+  def reconstruct(self, images, training=False):
+    return self.generate(self.encode(images, training), training)
+
+  def call(self, images, training=False):
+    return self.reconstruct(images, training)
+
+  def apply_gradients(self, optimizer, tape, loss, variables):
+    """Gradients of this replica's share of `loss`, applied (summed over replicas)."""
+    grads = tape.gradient(loss, variables,
+                          output_gradients=tf.constant(1.0 / self.num_replicas, loss.dtype))
+    optimizer.apply(grads, variables)
+
+  def checkpoint_items(self):
+    """What a checkpoint holds for this method: networks, optimizers, random state."""
+    items = dict(encoder=self.encoder, generator=self.generator, noise=self.noise)
+    items.update({name: opt for name, (opt, _) in self.optimizers().items()})
+    return items

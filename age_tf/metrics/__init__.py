@@ -1,0 +1,1 @@
+"""Evaluation metrics, usable from Python on arrays or datasets."""

@@ -1,0 +1,1 @@
+"""Encoder and generator architectures, one module per family."""

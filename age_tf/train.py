@@ -1,0 +1,37 @@
+"""Entry point: python -m age_tf.train --method=age --dataset=digits --model_dir=DIR."""
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app  # pylint: disable=g-import-not-at-top
+from absl import logging
+
+from age_tf import config as config_lib
+from age_tf import distribute
+from age_tf import loop
+from age_tf.errors import UserError
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
+  logging.set_verbosity(logging.INFO)
+  try:
+    config = config_lib.from_flags()
+    # Logical CPU devices must exist before TensorFlow starts any work.
+    distribute.split_cpu(config.num_cpu_replicas)
+    loop.train(config)
+  except UserError as e:
+    logging.error("%s", e)
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
+
+
+def run():
+  app.run(main)
+
+
+if __name__ == "__main__":
+  run()
