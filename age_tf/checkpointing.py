@@ -34,9 +34,8 @@ def saved_config(model_dir):
   return config_lib.Config(**{k: v for k, v in values.items() if k in names})
 
 
-def prepare_model_dir(config):
-  """Refuses a model_dir whose checkpoints another method or shape wrote; saves flags.json."""
-  tf.io.gfile.makedirs(config.model_dir)
+def check_compatible(config):
+  """Refuses a model_dir whose checkpoints another method or shape wrote (reads only)."""
   previous = saved_config(config.model_dir)
   if previous is not None and latest_checkpoint(config.model_dir):
     theirs, ours = previous.identity(), config.identity()
@@ -45,6 +44,11 @@ def prepare_model_dir(config):
       raise UserError(f"--model_dir={config.model_dir} holds checkpoints of a different model "
                       f"({'; '.join(diffs)}). Use a new --model_dir, or the same flags to "
                       "resume it.")
+
+
+def save_flags(config):
+  """Writes the resolved configuration to model_dir/flags.json (atomically)."""
+  tf.io.gfile.makedirs(config.model_dir)
   files.atomic_write(os.path.join(config.model_dir, FLAGS_FILE), config.to_json())
 
 

@@ -26,15 +26,44 @@ PROGRESS_KEYS = ("encoder/kl_real", "encoder/kl_fake", "generator/kl_fake",
 
 
 def train(config, strategy=None):
-  """Trains (or resumes) the run `config` describes; returns the last logged metrics."""
+  """Trains (or resumes) the run `config` describes; returns the last logged metrics.
+
+  Nothing is written to model_dir until the model, its checkpoint and the
+  input pipeline exist, so a bad dataset or directory fails cleanly.
+  """
   spec = config_lib.dataset_spec(config)
   strategy = strategy or distribute.make_strategy(config.strategy, config.num_cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
     raise UserError(f"--batch_size={config.batch_size} does not split evenly over {replicas} "
                     f"replicas; use a multiple of {replicas}.")
-  checkpointing.prepare_model_dir(config)
+  checkpointing.check_compatible(config)
+  model, step, manager = _restore_or_build(config, strategy)
+  start = int(step.numpy())
+  logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
+               "replica(s); model_dir %s%s", config.method, spec.name, spec.image_size,
+               spec.image_size, spec.channels, config.latent_dim, config.train_steps,
+               config.steps_per_epoch, config.batch_size, replicas, config.model_dir,
+               f"; resuming at step {start}" if start else "")
+  if start >= config.train_steps:
+    logging.info("Already trained to step %d (--train_steps=%d); nothing to do.",
+                 start, config.train_steps)
+    return {}
+  iterator = _input(config, spec, strategy, model, seed=config.seed + start)
+  figures = _Figures(config, spec, model)
+  checkpointing.save_flags(config)
+  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+  if start == 0:
+    figures.write(writer, 0)
+  last = _run(config, model, step, manager, iterator, figures, writer,
+              compile_train_steps(strategy, model, step))
+  logging.info("Trained to step %d; checkpoint %s", int(step.numpy()), manager.latest_checkpoint)
+  return last
 
+
+def _restore_or_build(config, strategy):
+  """The model, step counter and checkpoint manager, restored from the latest checkpoint."""
+  replicas = strategy.num_replicas_in_sync
   with strategy.scope():
     model = METHODS[config.method].from_config(config, synchronized_bn=replicas > 1)
     model.build_optimizers()
@@ -46,35 +75,30 @@ def train(config, strategy=None):
         max_to_keep=config.keep_checkpoints, step_counter=step)
     if manager.latest_checkpoint:
       checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
-  start = int(step.numpy())
-  logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
-               "replica(s); model_dir %s%s", config.method, spec.name, spec.image_size,
-               spec.image_size, spec.channels, config.latent_dim, config.train_steps,
-               config.steps_per_epoch, config.batch_size, replicas, config.model_dir,
-               f"; resuming at step {start}" if start else "")
-  if start >= config.train_steps:
-    logging.info("Already trained to step %d (--train_steps=%d); nothing to do.",
-                 start, config.train_steps)
-    return {}
+  return model, step, manager
+
+
+def _input(config, spec, strategy, model, seed):
+  """The distributed training iterator; each input pipeline reads its own shard."""
 
   def dataset_fn(input_context):
-    # Reseeded on resume so a resumed run does not replay the first batches.
     return data.train_dataset(
         spec, input_context.get_per_replica_batch_size(config.batch_size),
-        model.batches_per_step, seed=config.seed + start, data_dir=config.data_dir or None,
+        model.batches_per_step, seed=seed, data_dir=config.data_dir or None,
         download=config.download, cache=config.cache, shuffle_buffer=config.shuffle_buffer,
         input_context=input_context)
 
-  iterator = iter(strategy.distribute_datasets_from_function(dataset_fn))
-  run_steps = compile_train_steps(strategy, model, step)
-  figures = _Figures(config, spec, model)
-  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
-  progress = _Progress(config.train_steps, start)
-  intervals = (config.log_every, config.image_every, config.checkpoint_every, config.steps_per_loop)
+  # Reseeded with the start step, so a resumed run does not replay the first batches.
+  return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
-  if start == 0:
-    figures.write(writer, 0)
-  current, logged = start, _Accumulator()
+
+def _run(config, model, step, manager, iterator, figures, writer, run_steps):
+  """Runs chunks of steps up to each summary, image and checkpoint boundary."""
+  current = int(step.numpy())
+  progress = _Progress(config.train_steps, current)
+  intervals = (config.log_every, config.image_every, config.checkpoint_every,
+               config.steps_per_loop)
+  logged, last = _Accumulator(), {}
   timed_steps, timed_seconds, first_chunk = 0, 0.0, True
   while current < config.train_steps:
     boundary = min([(current // k + 1) * k for k in intervals] + [config.train_steps])
@@ -104,26 +128,32 @@ def train(config, strategy=None):
       manager.save(checkpoint_number=current)
   writer.flush()
   progress.finish()
-  assert int(step.numpy()) == current, (int(step.numpy()), current)
-  logging.info("Trained to step %d; checkpoint %s", current, manager.latest_checkpoint)
   return last
 
 
 def compile_train_steps(strategy, model, step):
-  """A tf.function running N train steps in a tf.range loop; returns their mean metrics."""
+  """A tf.function running N train steps in a tf.range loop; returns their mean metrics.
+
+  Each replica stacks its metrics into one vector, so a step costs a single
+  cross-replica reduction however many metrics the method reports.
+  """
   names = model.metric_names
+
+  def replica_step(images):
+    outputs = model.train_step(images)
+    if set(outputs) != set(names):
+      raise ValueError(f"train_step returned {sorted(outputs)}, not metric_names {names}")
+    return tf.stack([tf.cast(outputs[k], tf.float32) for k in names])
 
   @tf.function
   def run_steps(iterator, num_steps):
-    sums = {k: tf.zeros([]) for k in names}
+    sums = tf.zeros([len(names)])
     for _ in tf.range(num_steps):
-      outputs = strategy.run(model.train_step, args=(next(iterator),))
-      if set(outputs) != set(names):
-        raise ValueError(f"train_step returned {sorted(outputs)}, not metric_names {names}")
-      sums = {k: sums[k] + strategy.reduce(tf.distribute.ReduceOp.MEAN, outputs[k], axis=None)
-              for k in names}
+      per_replica = strategy.run(replica_step, args=(next(iterator),))
+      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
       step.assign_add(1)
-    return {k: v / tf.cast(num_steps, tf.float32) for k, v in sums.items()}
+    means = sums / tf.cast(num_steps, tf.float32)
+    return {k: means[i] for i, k in enumerate(names)}
 
   return run_steps
 

@@ -24,7 +24,6 @@ def main(argv):
     distribute.split_cpu(config.num_cpu_replicas)
     loop.train(config)
   except UserError as e:
-    logging.error("%s", e)
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)
 

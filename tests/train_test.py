@@ -76,6 +76,15 @@ def test_model_dir_of_another_shape_is_refused(tmp_path):
   assert checkpointing.saved_config(str(tmp_path)).latent_dim == 6  # flags.json untouched
 
 
+def test_unprepared_dataset_fails_before_writing_anything(tmp_path):
+  model_dir = tmp_path / "run"
+  config = config_lib.resolve(dict(dataset="cifar10", data_dir=str(tmp_path / "tfds"),
+                                   download=False, width=8, model_dir=str(model_dir)))
+  with pytest.raises(UserError, match="'cifar10' is not prepared"):
+    loop.train(config)
+  assert not model_dir.exists()
+
+
 def test_flags_json_records_the_resolved_config(digits_run):
   model_dir, _ = digits_run
   with open(os.path.join(model_dir, "flags.json")) as f:
