@@ -11,6 +11,7 @@ from age_tf import data
 from age_tf import divergences
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
+from age_tf.methods import gali
 from age_tf.methods.base import PRIORS
 
 STRATEGIES = ("auto", "mirrored", "one_device")
@@ -39,23 +40,27 @@ flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer size (examples).")
 flags.DEFINE_integer("latent_dim", None, "Latent dimension M (default: the paper's "
                      "per dataset: mnist 10, svhn 64, celeba 64, cifar10 128, folder 128, "
                      "digits 10).")
-flags.DEFINE_enum("prior", "sphere", list(PRIORS), "Latent prior: uniform on the unit "
-                  "sphere (paper) or N(0, I) (the paper's alternative).")
-flags.DEFINE_integer("width", None, "Base width of the DCGAN networks (the authors' ngf = "
-                     "ndf; default 64, digits 16).")
+flags.DEFINE_enum("prior", None, list(PRIORS), "Latent prior: uniform on the unit "
+                  "sphere or N(0, I) (default: sphere for AGE as in its paper, gaussian for "
+                  "the ALI/GALI family).")
+flags.DEFINE_integer("width", None, "Base width of the networks: AGE's DCGAN ngf = ndf "
+                     "(default 64, digits 16); ALI/GALI's narrowest layer, every other "
+                     "scaling with it (default 32 at 32x32, 64 at 64x64, digits 8).")
 
 flags.DEFINE_enum("kl_estimator", "moments", list(divergences.KL_ESTIMATORS),
                   "KL(Q || N(0, I)) estimator: moments (paper eq. 8, parametric) or knn "
                   "(Kozachenko-Leonenko, paper 3.1).")
 flags.DEFINE_enum("kl_reduction", "mean", list(divergences.REDUCTIONS),
                   "Average the KL over latent dimensions (authors' code) or sum (eq. 8).")
-flags.DEFINE_enum("x_recon_loss", "l1", ["l1", "l2"], "Data-space reconstruction loss: "
-                  "l1 (authors' code) or l2, mean squared error (paper eq. 3).")
+flags.DEFINE_enum("x_recon_loss", None, ["l1", "l2"], "Data-space reconstruction loss: "
+                  "l1 (AGE authors' code) or l2, mean squared error (AGE paper eq. 3; ALICE).")
 flags.DEFINE_enum("z_recon_loss", "cos", list(divergences.RECONSTRUCTION_LOSSES),
                   "Latent reconstruction loss: cos (authors' code) or l2, mean squared "
                   "error (paper eq. 4), or l1.")
-flags.DEFINE_float("x_recon_weight", 10.0, "mu: weight of the data reconstruction loss "
-                   "in the encoder objective (0 with --z_recon_weight=0: Fig. 2c ablation).")
+flags.DEFINE_float("x_recon_weight", None, "AGE's mu: weight of the data reconstruction "
+                   "loss in the encoder objective (default 10; 0 with --z_recon_weight=0: "
+                   "Fig. 2c ablation). ALICE's weight of its reconstruction term (default 1, "
+                   "64x64 images 0.02).")
 flags.DEFINE_float("z_recon_weight", None, "lambda: weight of the latent reconstruction "
                    "loss in the generator objective (default: the paper's 1000; digits 100).")
 flags.DEFINE_float("generator_x_recon_weight", 0.0, "Weight of the data reconstruction "
@@ -63,9 +68,42 @@ flags.DEFINE_float("generator_x_recon_weight", 0.0, "Weight of the data reconstr
 flags.DEFINE_integer("generator_steps", None, "Generator updates per encoder update "
                      "(default: 2, CelebA 3).")
 
-flags.DEFINE_integer("batch_size", 64, "Global batch size (split across replicas).")
-flags.DEFINE_float("learning_rate", None, "Adam learning rate for both networks (default: "
-                   "the paper's 2e-4; digits 1e-3).")
+
+# The ALI/GALI family.
+flags.DEFINE_enum("gali_objective", "product", list(gali.OBJECTIVES), "ALI/GALI "
+                  "generator-encoder objective: product of terms (GALI paper, authors' code), "
+                  "or the paper's ablations minimax and misclassification (Fig. 5e-f).")
+flags.DEFINE_integer("d_steps", None, "ALI/GALI discriminator updates per generator-encoder "
+                     "update, each on its own batch (default: the authors' per method and "
+                     "dataset, 5 or 1).")
+flags.DEFINE_bool("simultaneous_updates", None, "ALI/GALI: take the discriminator's and the "
+                  "generator-encoder's gradients from one forward pass and apply both "
+                  "(authors' 1:1 mode; needs --d_steps=1; default per method and dataset).")
+flags.DEFINE_float("instance_noise", 0.1, "ALI/GALI: std of the Gaussian noise added to "
+                   "every image the discriminator sees, at the start of training.")
+flags.DEFINE_enum("noise_schedule", "linear", list(gali.NOISE_SCHEDULES), "How the "
+                  "instance noise decays per epoch: linear to 0 at the end (authors' code) or "
+                  "exponential to 1% of its start (GALI paper text).")
+flags.DEFINE_string("feature_model", "", "GALI-PT's frozen feature model M: a classifier "
+                    "saved by `python -m age_tf.classifier` (its model_dir or .keras file), "
+                    "or 'inception' (InceptionV3 pool features; needs --inception_weights).")
+flags.DEFINE_string("inception_weights", "", "Local file of Keras InceptionV3 no-top weights "
+                    "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5).")
+flags.DEFINE_enum("pt_features", "authors", list(gali.PT_FEATURES), "GALI-PT's features in "
+                  "the (x, E(G(E(x)))) class: M(x) (authors' code) or M(G(E(x))) (paper text).")
+flags.DEFINE_enum("mask_sampler", "uniform", list(gali.MASK_SAMPLERS), "GALI-mix encoder "
+                  "masks: uniform rectangles (height and width uniform in 0..--mask_max_size, "
+                  "placed to fit), authors (their sampler, horizontal range from the height), "
+                  "or central squares of --mask_max_size.")
+flags.DEFINE_integer("mask_max_size", None, "GALI-mix: largest mask side (default: the "
+                     "image size, as the paper).")
+flags.DEFINE_float("mask_fill", -1.0, "GALI-mix: the value masked pixels take (-1: black, "
+                   "as in the paper's figures).")
+
+flags.DEFINE_integer("batch_size", None, "Global batch size, split across replicas "
+                     "(default: 64 for AGE, 100 for ALI/GALI; CelebA GALI-PT 20).")
+flags.DEFINE_float("learning_rate", None, "Adam learning rate for every network (default: "
+                   "the paper's per method and dataset; AGE 2e-4, digits 1e-3).")
 flags.DEFINE_float("beta1", 0.5, "Adam beta_1.")
 flags.DEFINE_float("beta2", 0.999, "Adam beta_2.")
 flags.DEFINE_float("adam_epsilon", 1e-8, "Adam epsilon (PyTorch's default; Keras's is 1e-7).")
@@ -120,6 +158,17 @@ class Config:
   z_recon_weight: float
   generator_x_recon_weight: float
   generator_steps: int
+  gali_objective: str
+  d_steps: int
+  simultaneous_updates: bool
+  instance_noise: float
+  noise_schedule: str
+  feature_model: str
+  inception_weights: str
+  pt_features: str
+  mask_sampler: str
+  mask_max_size: int
+  mask_fill: float
   batch_size: int
   learning_rate: float
   beta1: float
@@ -182,23 +231,23 @@ def resolve(values):
     raw["model_dir"] = os.path.join(tempfile.gettempdir(), "age_tf", f"{raw['method']}_{safe}")
   raw["data_dir"] = raw["data_dir"] or ""
 
-  _check_positive(raw, "batch_size", "latent_dim", "width", "generator_steps", "steps_per_loop",
-                  "log_every", "image_every", "checkpoint_every", "keep_checkpoints",
-                  "num_cpu_replicas", "shuffle_buffer")
-  _check_non_negative(raw, "x_recon_weight", "z_recon_weight", "generator_x_recon_weight",
-                      "lr_decay_epochs", "learning_rate")
+  _check_method_flags(raw)
+  _check_positive(raw, "batch_size", "latent_dim", "width", "steps_per_loop", "log_every",
+                  "image_every", "checkpoint_every", "keep_checkpoints", "num_cpu_replicas",
+                  "shuffle_buffer")
+  _check_non_negative(raw, "x_recon_weight", "lr_decay_epochs", "learning_rate")
   if raw["image_size"] not in (32, 64):
-    raise UserError(f"--image_size={raw['image_size']} is not supported; the AGE networks "
+    raise UserError(f"--image_size={raw['image_size']} is not supported; the networks "
                     "take 32 or 64.")
   if not 0.0 < raw["lr_decay_factor"] <= 1.0:
     raise UserError(f"--lr_decay_factor={raw['lr_decay_factor']} must be in (0, 1].")
   if raw["batch_size"] > spec.num_train:
     raise UserError(f"--batch_size={raw['batch_size']} is larger than the {spec.num_train} "
                     f"training images of {spec.name}; use a smaller batch.")
-  if raw["kl_estimator"] == "knn" and raw["batch_size"] < 2:
-    raise UserError("--kl_estimator=knn needs --batch_size of at least 2.")
 
-  steps_per_epoch = spec.num_train // raw["batch_size"]
+  # An epoch is one pass over the training images; a step may use several batches.
+  batches = METHODS[raw["method"]].epoch_batches_per_step(_Values(raw))
+  steps_per_epoch = max(spec.num_train // (raw["batch_size"] * batches), 1)
   if raw["train_steps"] is None:
     if raw["epochs"] is None or raw["epochs"] <= 0:
       raise UserError("Give a positive --epochs or --train_steps.")
@@ -206,6 +255,73 @@ def resolve(values):
   elif raw["train_steps"] <= 0:
     raise UserError(f"--train_steps={raw['train_steps']} must be positive.")
   return Config(num_train=spec.num_train, steps_per_epoch=steps_per_epoch, **raw)
+
+
+class _Values:
+  """Attribute access to raw flag values (what methods read from a Config)."""
+
+  def __init__(self, raw):
+    self.__dict__.update(raw)
+
+
+# Flags that only one family of methods reads, and the value that means "unused".
+_AGE_FLAGS = ("generator_steps", "z_recon_weight", "kl_estimator", "kl_reduction",
+              "z_recon_loss", "generator_x_recon_weight")
+_GALI_FLAGS = ("gali_objective", "d_steps", "simultaneous_updates", "instance_noise",
+               "noise_schedule")
+_GALI_PT_FLAGS = ("feature_model", "inception_weights", "pt_features")
+_GALI_MIX_FLAGS = ("mask_sampler", "mask_max_size", "mask_fill")
+
+
+def _check_method_flags(raw):
+  """Validates the flags the method reads; refuses those it would silently ignore."""
+  method = raw["method"]
+  used = set(_AGE_FLAGS) if method == "age" else set(_GALI_FLAGS)
+  used |= set(_GALI_PT_FLAGS) if method == "gali_pt" else set()
+  used |= set(_GALI_MIX_FLAGS) if method == "gali_mix" else set()
+  for name in _AGE_FLAGS + _GALI_FLAGS + _GALI_PT_FLAGS + _GALI_MIX_FLAGS:
+    if name in used:
+      continue
+    if raw[name] is not None and raw[name] != flags.FLAGS[name].default:
+      users = ("age" if name in _AGE_FLAGS else "gali_pt" if name in _GALI_PT_FLAGS else
+               "gali_mix" if name in _GALI_MIX_FLAGS else
+               ", ".join(m for m in METHODS if m != "age"))
+      raise UserError(f"--{name} applies to --method={users}, not to --method={method}; "
+                      "remove it.")
+    raw[name] = None
+  if raw["x_recon_weight"] is None:
+    raw["x_recon_weight"] = 0.0
+  elif raw["x_recon_weight"] and method not in ("age", "alice"):
+    raise UserError(f"--x_recon_weight applies to --method=age or alice, not to "
+                    f"--method={method}; remove it.")
+  raw["x_recon_loss"] = raw["x_recon_loss"] or "l2"
+
+  if method == "age":
+    _check_positive(raw, "generator_steps")
+    _check_non_negative(raw, "z_recon_weight", "generator_x_recon_weight")
+    if raw["kl_estimator"] == "knn" and raw["batch_size"] < 2:
+      raise UserError("--kl_estimator=knn needs --batch_size of at least 2.")
+    return
+  _check_positive(raw, "d_steps")
+  _check_non_negative(raw, "instance_noise")
+  if raw["simultaneous_updates"] and raw["d_steps"] != 1:
+    raise UserError(f"--simultaneous_updates takes both gradients from one forward pass, so "
+                    f"it needs --d_steps=1 (got {raw['d_steps']}); use --d_steps=1 or "
+                    "--nosimultaneous_updates.")
+  if method == "gali_pt":
+    if not raw["feature_model"]:
+      raise UserError("--method=gali_pt needs --feature_model: a classifier trained with "
+                      "`python -m age_tf.classifier --dataset=... --model_dir=DIR` (pass DIR), "
+                      "or 'inception' with --inception_weights=FILE.")
+    if raw["feature_model"] != "inception" and not os.path.exists(raw["feature_model"]):
+      raise UserError(f"--feature_model={raw['feature_model']} does not exist; train one with "
+                      "`python -m age_tf.classifier --dataset=... --model_dir=DIR`.")
+  if method == "gali_mix":
+    if raw["mask_max_size"] is None:
+      raw["mask_max_size"] = raw["image_size"]
+    if not 0 < raw["mask_max_size"] <= raw["image_size"]:
+      raise UserError(f"--mask_max_size={raw['mask_max_size']} must be in 1.."
+                      f"{raw['image_size']} (the image size).")
 
 
 def _check_positive(raw, *names):

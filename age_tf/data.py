@@ -205,20 +205,27 @@ def _folder_spec(path, image_size, channels):
                      "folder", path=path, train_files=tuple(train), test_files=tuple(test))
 
 
-def _folder_labels(files, spec):
-  """Class index of each file's first directory below its split root, or -1."""
+def _folder_class_dirs(files, spec):
+  """Each file's first directory below its split root ("" for a file directly in it)."""
   roots = [os.path.join(spec.path, d) for d in ("train", "val", "valid", "test")] + [spec.path]
   classes = []
   for f in files:
     root = next(r for r in roots if f.startswith(r + os.sep))
     parts = os.path.relpath(f, root).split(os.sep)
     classes.append(parts[0] if len(parts) > 1 else "")
+  return classes
+
+
+def _folder_labels(files, spec):
+  """Class index of each file's first directory below its split root, or -1."""
+  classes = _folder_class_dirs(files, spec)
   names = sorted(set(classes) - {""})
   index = {name: i for i, name in enumerate(names)}
   return [index.get(c, -1) for c in classes]
 
 
-def _folder_source(files, spec):
+def _folder_source(files, spec, labels=None):
+  """Decoded, resized images of `files`; labels default to _folder_labels's."""
   size, channels = spec.image_size, spec.channels
 
   def load(path, label):
@@ -227,8 +234,10 @@ def _folder_source(files, spec):
     image.set_shape([None, None, channels])
     return {"image": _resize_uint8(image, size), "label": label}
 
+  if labels is None:
+    labels = _folder_labels(files, spec)
   ds = tf.data.Dataset.from_tensor_slices(
-      (tf.constant(list(files), tf.string), tf.constant(_folder_labels(files, spec), tf.int64)))
+      (tf.constant(list(files), tf.string), tf.constant(list(labels), tf.int64)))
   return ds.map(load, num_parallel_calls=tf.data.AUTOTUNE)
 
 
@@ -292,3 +301,91 @@ def test_dataset(spec, batch_size, data_dir=None, download=True):
   ds = source(spec, "test", data_dir, download).batch(batch_size)
   return ds.map(lambda b: (to_float(b["image"]), b["label"]),
                 num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+
+
+# ---------------------------------------------------------------- labelled
+
+
+# Datasets with class labels (for the feature classifier of GALI-PT and the
+# evaluation metrics). celeba has attributes, not classes.
+_NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "svhn": 10}
+LABELLED_NAMES = tuple(_NUM_CLASSES) + ("folder:PATH (class subdirectories)",)
+
+
+def _check_labelled(spec):
+  if spec.source != "folder" and spec.name not in _NUM_CLASSES:
+    raise UserError(f"Dataset {spec.name} has no class labels, so it cannot train or "
+                    f"label a classifier; use one of: {', '.join(LABELLED_NAMES)}.")
+
+
+def _folder_class_names(spec):
+  """The sorted class folder names of a folder: dataset, or UserError when it has none."""
+  train = _folder_class_dirs(spec.train_files, spec)
+  layout = (f"a labelled folder: dataset needs each image in a directory named after "
+            f"its class: {spec.path}/train/CLASS/... with {spec.path}/val/CLASS/..., "
+            f"or {spec.path}/CLASS/...")
+  unlabelled = [f for f, c in zip(spec.train_files, train) if not c]
+  if unlabelled:
+    raise UserError(f"--dataset={spec.name} has {len(unlabelled)} training image(s) outside "
+                    f"class folders (e.g. {unlabelled[0]}); {layout}.")
+  names = sorted(set(train))
+  if len(names) < 2:
+    raise UserError(f"--dataset={spec.name} has {len(names)} class folder(s) "
+                    f"({', '.join(names)}); a classifier needs at least 2. {layout}.")
+  known = set(names)
+  test = _folder_class_dirs(spec.test_files, spec)
+  stray = [(f, c) for f, c in zip(spec.test_files, test) if c not in known]
+  if stray:
+    f, c = stray[0]
+    where = f"folder {c!r}, which is not a training class" if c else "no class folder"
+    raise UserError(f"--dataset={spec.name} has {len(stray)} test image(s) whose class is "
+                    f"unknown (e.g. {f}, in {where}); {layout}, the test classes "
+                    f"named like the training ones.")
+  return names
+
+
+def num_classes(spec):
+  """The number of classes of a labelled dataset (10 for digits, mnist, cifar10, svhn)."""
+  _check_labelled(spec)
+  if spec.source == "folder":
+    return len(_folder_class_names(spec))
+  return _NUM_CLASSES[spec.name]
+
+
+def labelled_dataset(spec, split, batch_size, *, data_dir=None, download=True, shuffle=False,
+                     seed=0, repeat=False, drop_remainder=False, cache="auto"):
+  """Batches of (images float32 [-1, 1] (B, size, size, channels), labels int64) of a split.
+
+  The images are exactly the ones the generative models see (the same
+  sources, resizing and scaling); labels are scikit-learn's for digits,
+  tfds's 'label' for mnist, cifar10 and svhn, and the index of the sorted
+  class folder names for folder: datasets. celeba has no class labels.
+  """
+  if split not in ("train", "test"):
+    raise ValueError(f"split must be 'train' or 'test', not {split!r}")
+  if cache not in CACHE_MODES:
+    raise ValueError(f"cache must be one of {CACHE_MODES}, not {cache!r}")
+  _check_labelled(spec)
+  if spec.source == "folder":
+    index = {name: i for i, name in enumerate(_folder_class_names(spec))}
+    files = spec.train_files if split == "train" else spec.test_files
+    ds = _folder_source(files, spec, [index[c] for c in _folder_class_dirs(files, spec)])
+  else:
+    ds = source(spec, split, data_dir, download, shuffle_files=shuffle)
+  shape = (spec.image_size, spec.image_size, spec.channels)
+  ds = ds.map(lambda example: (tf.ensure_shape(example["image"], shape),
+                               tf.cast(example["label"], tf.int64)),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  if cache == "memory" or (cache == "auto" and _fits_in_memory(spec, split)):
+    ds = ds.cache()
+  if shuffle:
+    count = spec.num_train if split == "train" else spec.num_test
+    ds = ds.shuffle(max(1, min(10000, count)), seed=seed, reshuffle_each_iteration=True)
+  if repeat:
+    ds = ds.repeat()
+  ds = ds.batch(batch_size, drop_remainder=drop_remainder)
+  ds = ds.map(lambda images, labels: (to_float(images), labels),
+              num_parallel_calls=tf.data.AUTOTUNE)
+  options = tf.data.Options()
+  options.deterministic = True
+  return ds.with_options(options).prefetch(tf.data.AUTOTUNE)

@@ -21,8 +21,8 @@ NUM_SAMPLES = 64  # 8 x 8 sample grid
 NUM_RECONSTRUCTIONS = 32  # 32 real | reconstruction pairs, 8 x 8 grid
 SAMPLES_PNG = "samples.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
-PROGRESS_KEYS = ("encoder/kl_real", "encoder/kl_fake", "generator/kl_fake",
-                 "encoder/x_recon", "generator/z_recon")
+# Metrics under this prefix are method-rendered (e.g. a confusion matrix), not scalars.
+UNLOGGED_PREFIX = "confusion/"
 
 
 def train(config, strategy=None):
@@ -54,6 +54,8 @@ def train(config, strategy=None):
   checkpointing.save_flags(config)
   writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
   if start == 0:
+    if model.data_dependent_init:
+      model.initialize_from_data(_mean_image(strategy, iterator))
     figures.write(writer, 0)
   last = _run(config, model, step, manager, iterator, figures, writer,
               compile_train_steps(strategy, model, step))
@@ -92,10 +94,17 @@ def _input(config, spec, strategy, model, seed):
   return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
+def _mean_image(strategy, iterator):
+  """The mean image of the next global batch (the same on every replica and worker)."""
+  per_replica = strategy.run(lambda images: tf.reduce_mean(images[0], axis=0),
+                             args=(next(iterator),))
+  return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+
+
 def _run(config, model, step, manager, iterator, figures, writer, run_steps):
   """Runs chunks of steps up to each summary, image and checkpoint boundary."""
   current = int(step.numpy())
-  progress = _Progress(config.train_steps, current)
+  progress = _Progress(config.train_steps, current, model.progress_keys)
   intervals = (config.log_every, config.image_every, config.checkpoint_every,
                config.steps_per_loop)
   logged, last = _Accumulator(), {}
@@ -176,7 +185,9 @@ class _Accumulator:
 def _write_scalars(writer, step, metrics, model):
   with writer.as_default(step=step):
     for name, value in metrics.items():
-      tf.summary.scalar(name, value)
+      if not name.startswith(UNLOGGED_PREFIX):
+        tf.summary.scalar(name, value)
+    model.write_summaries(metrics)
     for name, (optimizer, _) in model.optimizers().items():
       tf.summary.scalar(f"learning_rate/{name.replace('_optimizer', '')}",
                         float(optimizer.learning_rate))
@@ -213,23 +224,23 @@ class _Figures:
 class _Progress:
   """A progress bar with ETA on a terminal; absl log lines at each log step otherwise."""
 
-  def __init__(self, total, start):
-    self.total, self.start, self.began = total, start, time.time()
+  def __init__(self, total, start, keys):
+    self.total, self.start, self.began, self.keys = total, start, time.time(), keys
     self.bar = None
     if sys.stdout.isatty():
-      self.bar = keras.utils.Progbar(total, stateful_metrics=PROGRESS_KEYS)
+      self.bar = keras.utils.Progbar(total, stateful_metrics=keys)
       self.bar.update(start)
 
   def update(self, step, metrics):
     if self.bar is not None:
-      self.bar.update(step, [(k, v) for k, v in metrics.items() if k in PROGRESS_KEYS])
+      self.bar.update(step, [(k, v) for k, v in metrics.items() if k in self.keys])
 
   def log(self, step, metrics):
     if self.bar is not None:
       return
     elapsed = time.time() - self.began
     eta = elapsed / max(step - self.start, 1) * (self.total - step)
-    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in PROGRESS_KEYS if k in metrics)
+    shown = "  ".join(f"{k} {metrics[k]:.4g}" for k in self.keys if k in metrics)
     logging.info("step %d/%d  %s  (%.0f s elapsed, ETA %.0f s)", step, self.total, shown,
                  elapsed, eta)
 

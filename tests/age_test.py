@@ -9,6 +9,8 @@ from age_tf import divergences
 from age_tf.methods import AGE
 from age_tf.methods.base import EpochStepDecay
 
+from conftest import changed, snapshot
+
 
 def make_model(**overrides):
   values = dict(dataset="digits", width=8, latent_dim=6, batch_size=16, seed=1)
@@ -16,14 +18,6 @@ def make_model(**overrides):
   model = AGE.from_config(config_lib.resolve(values))
   model.build_optimizers()
   return model
-
-
-def snapshot(variables):
-  return [v.numpy().copy() for v in variables]
-
-
-def changed(before, variables):
-  return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
 
 
 def images(count=16, seed=0):

@@ -10,6 +10,7 @@ from PIL import Image
 
 from age_tf import config as config_lib
 from age_tf.errors import UserError
+from age_tf.methods import METHODS
 
 from conftest import ROOT, run_module
 
@@ -32,6 +33,12 @@ def test_there_is_a_flagfile_per_paper_experiment():
   names = {os.path.basename(p) for p in FLAGFILES}
   for experiment in ("mnist", "cifar10", "svhn", "celeba", "tiny_imagenet", "digits"):
     assert f"age_{experiment}.cfg" in names
+  for method in ("ali", "alice", "gali4", "gali8", "gali_pt"):
+    assert f"{method}_svhn.cfg" in names
+  for method in ("ali", "alice", "gali4", "gali_mix", "gali_pt"):
+    assert f"{method}_celeba.cfg" in names
+  for method in METHODS:
+    assert f"{method}_digits.cfg" in names
 
 
 @pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
@@ -41,8 +48,59 @@ def test_every_flagfile_parses_and_resolves(path, tmp_path):
     for i in range(80):  # enough for a batch of 64 after the 5% hold-out
       Image.new("RGB", (8, 8)).save(tmp_path / f"{i}.png")
     values["dataset"] = f"folder:{tmp_path}"
+  if values["feature_model"] and values["feature_model"] != "inception":
+    values["feature_model"] = str(tmp_path)  # a classifier the user trains first
   config = config_lib.resolve(values)
-  assert config.train_steps > 0 and config.method == "age"
+  assert config.train_steps > 0
+  assert os.path.basename(path).startswith(config.method + "_")
+  experiment = os.path.basename(path)[len(config.method) + 1:-len(".cfg")]
+  assert experiment == config.dataset or config.dataset.startswith("folder:")
+
+
+def test_gali_flagfiles_match_their_method_defaults():
+  # The flagfiles spell out the authors' schedules; the defaults give the same.
+  for name in ("ali_svhn", "gali8_svhn", "gali4_svhn", "ali_celeba", "gali_mix_celeba",
+               "gali4_digits"):
+    from_file = config_lib.resolve(parse_flagfile(os.path.join(ROOT, "flags", f"{name}.cfg")))
+    keys = {k: getattr(from_file, k) for k in ("method", "dataset", "svhn_split", "model_dir")}
+    assert from_file == config_lib.resolve(keys), name
+
+
+@pytest.mark.parametrize("method,dataset,batch,lr,epochs,d_steps,simultaneous", [
+    ("ali", "svhn", 100, 2e-4, 300, 5, False),
+    ("alice", "svhn", 100, 2e-4, 300, 5, False),
+    ("gali8", "svhn", 100, 2e-4, 300, 5, False),
+    ("gali4", "svhn", 100, 2e-4, 100, 1, True),
+    ("ali", "celeba", 100, 1e-4, 100, 1, True),
+    ("gali4", "celeba", 100, 4e-5, 100, 1, True),
+    ("gali_mix", "celeba", 100, 4e-5, 100, 1, True),
+])
+def test_gali_schedules_follow_the_authors(method, dataset, batch, lr, epochs, d_steps,
+                                           simultaneous):
+  config = config_lib.resolve({"method": method, "dataset": dataset,
+                               "svhn_split": "train+extra" if dataset == "svhn" else "train"})
+  assert (config.batch_size, config.learning_rate) == (batch, lr)
+  assert (config.d_steps, config.simultaneous_updates) == (d_steps, simultaneous)
+  assert (config.latent_dim, config.prior, config.lr_decay_epochs) == (256, "gaussian", 0)
+  # An epoch is one pass over the images; a 5:1 step uses six batches of them.
+  images = {"svhn": 73257 + 531131, "celeba": 162770}[dataset]
+  assert config.steps_per_epoch == images // (batch * (d_steps + (0 if simultaneous else 1)))
+  assert config.train_steps == epochs * config.steps_per_epoch
+  assert config.width == {"svhn": 32, "celeba": 64}[dataset]
+
+
+def test_alice_weights_follow_the_authors():
+  assert config_lib.resolve({"method": "alice", "dataset": "svhn"}).x_recon_weight == 1.0
+  celeba = config_lib.resolve({"method": "alice", "dataset": "celeba"})
+  assert (celeba.x_recon_weight, celeba.x_recon_loss) == (0.02, "l2")
+  assert config_lib.resolve({"method": "ali"}).x_recon_weight == 0.0
+
+
+def test_gali_pt_celeba_uses_batch_20_for_50_epochs(tmp_path):
+  config = config_lib.resolve({"method": "gali_pt", "dataset": "celeba",
+                               "feature_model": "inception"})
+  assert (config.batch_size, config.learning_rate) == (20, 4e-5)
+  assert config.train_steps == 50 * (162770 // 20)
 
 
 @pytest.mark.parametrize("dataset,latent,steps,generator_steps,decay,size", [
@@ -86,6 +144,20 @@ def test_command_line_overrides_flagfile():
     ({"train_steps": -5}, "--train_steps=-5 must be positive"),
     ({"channels": 3}, "--channels is for folder"),
     ({"kl_estimator": "knn", "batch_size": 1}, "at least 2"),
+    ({"method": "ali", "generator_steps": 3}, "--generator_steps applies to --method=age, "
+     "not to --method=ali"),
+    ({"method": "ali", "z_recon_weight": 5.0}, "--z_recon_weight applies to --method=age"),
+    ({"d_steps": 5}, "--d_steps applies to --method=ali, bigan, alice, gali4, gali8, gali_pt, "
+     "gali_mix, not to --method=age"),
+    ({"method": "gali4", "x_recon_weight": 1.0}, "--x_recon_weight applies to --method=age "
+     "or alice"),
+    ({"method": "gali4", "mask_sampler": "central"}, "--mask_sampler applies to "
+     "--method=gali_mix"),
+    ({"method": "gali4", "d_steps": 5, "simultaneous_updates": True}, "needs --d_steps=1"),
+    ({"method": "gali4", "d_steps": 0}, "--d_steps=0 must be a positive"),
+    ({"method": "gali_pt"}, "--method=gali_pt needs --feature_model"),
+    ({"method": "gali_pt", "feature_model": "/no/such/classifier"}, "does not exist"),
+    ({"method": "gali_mix", "mask_max_size": 40}, "--mask_max_size=40 must be in 1..32"),
 ])
 def test_bad_values_are_refused_with_a_clear_message(values, message):
   with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
@@ -95,6 +167,7 @@ def test_bad_values_are_refused_with_a_clear_message(values, message):
 def test_cli_refuses_unknown_method_with_one_line_and_no_traceback(tmp_path):
   result = run_module("age_tf.train", "--method=vae", f"--model_dir={tmp_path}", timeout=120)
   assert result.returncode == 2
-  assert "error: Unknown --method='vae'; valid methods: age." in result.stderr
+  assert ("error: Unknown --method='vae'; valid methods: age, ali, bigan, alice, gali4, gali8, "
+          "gali_pt, gali_mix." in result.stderr)
   assert "Traceback" not in result.stderr
   assert not os.listdir(tmp_path)  # nothing was written

@@ -4,7 +4,9 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+from tensorboard.backend.event_processing import event_accumulator
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -16,6 +18,24 @@ def run_module(module, *args, timeout=900, env=None):
   full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
                         capture_output=True, text=True, timeout=timeout)
+
+
+def snapshot(variables):
+  """Copies of variables' values."""
+  return [v.numpy().copy() for v in variables]
+
+
+def changed(before, variables):
+  """Per variable: whether it differs from its snapshot."""
+  return [not np.array_equal(b, v.numpy()) for b, v in zip(before, variables)]
+
+
+def read_events(model_dir):
+  """TensorBoard's own reader over a run's train/ events."""
+  accumulator = event_accumulator.EventAccumulator(
+      os.path.join(model_dir, "train"), size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  return accumulator
 
 
 # The learning run is the README's first command, as written but for the

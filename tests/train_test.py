@@ -7,7 +7,6 @@ import numpy as np
 import pytest
 import tensorflow as tf
 from PIL import Image
-from tensorboard.backend.event_processing import event_accumulator
 
 from age_tf import checkpointing
 from age_tf import config as config_lib
@@ -15,7 +14,7 @@ from age_tf import loop
 from age_tf.errors import UserError
 from age_tf.methods import AGE
 
-from conftest import LEARNING_STEPS
+from conftest import LEARNING_STEPS, read_events
 
 SMALL = dict(dataset="digits", width=8, latent_dim=6, batch_size=16, log_every=2, image_every=4,
              checkpoint_every=2, steps_per_loop=2)
@@ -27,13 +26,6 @@ def small_config(model_dir, **overrides):
 
 def weights(model):
   return [v.numpy() for v in model.encoder.trainable_variables + model.generator.trainable_variables]
-
-
-def read_events(model_dir):
-  accumulator = event_accumulator.EventAccumulator(
-      os.path.join(model_dir, "train"), size_guidance={event_accumulator.TENSORS: 0})
-  accumulator.Reload()
-  return accumulator
 
 
 def test_resume_continues_step_weights_and_optimizer_state(tmp_path):

@@ -10,7 +10,8 @@ from age_tf.networks import dcgan
 # The paper's per-dataset settings (section 3.1 and the authors' commands).
 # MNIST and SVHN have no published command: 50 epochs with a halving every
 # 20 matches the paper's "about two hours on a TITAN X" budget.
-_PAPER = dict(width=64, generator_steps=2, learning_rate=2e-4, z_recon_weight=1000.0)
+_PAPER = dict(batch_size=64, prior="sphere", x_recon_weight=10.0, x_recon_loss="l1",
+              width=64, generator_steps=2, learning_rate=2e-4, z_recon_weight=1000.0)
 PAPER_DEFAULTS = {
     "mnist": dict(_PAPER, latent_dim=10, epochs=50, lr_decay_epochs=20),
     "svhn": dict(_PAPER, latent_dim=64, epochs=50, lr_decay_epochs=20),
@@ -80,6 +81,11 @@ class AGE(base.BidirectionalModel):
   def batches_per_step(self):
     # The generator needs real images only for the Fig. 9 ablation.
     return 1 + (self.generator_steps if self.config.generator_x_recon_weight else 0)
+
+  @property
+  def progress_keys(self):
+    return ("encoder/kl_real", "encoder/kl_fake", "generator/kl_fake", "encoder/x_recon",
+            "generator/z_recon")
 
   @property
   def metric_names(self):

@@ -54,6 +54,9 @@ class BidirectionalModel(keras.Model):
   """
 
   method_name = ""
+  # Whether the loop calls initialize_from_data(mean image of the first global
+  # batch) before the first step.
+  data_dependent_init = False
 
   def __init__(self, config, encoder, generator, **kwargs):
     super().__init__(name=config.method, **kwargs)
@@ -76,10 +79,20 @@ class BidirectionalModel(keras.Model):
     """How many real batches one train_step consumes."""
     raise NotImplementedError
 
+  @classmethod
+  def epoch_batches_per_step(cls, config):
+    """How many real batches of an epoch one step uses (epoch length in steps follows)."""
+    return 1
+
   @property
   def metric_names(self):
-    """The keys of the dict train_step returns."""
+    """The keys of the dict train_step returns (keys under confusion/ are not logged as scalars)."""
     raise NotImplementedError
+
+  @property
+  def progress_keys(self):
+    """The metrics the console progress shows."""
+    return self.metric_names[:4]
 
   def optimizers(self):
     """{name: (optimizer, the variables it updates)}."""
@@ -94,6 +107,12 @@ class BidirectionalModel(keras.Model):
     """Creates optimizer slots now, so checkpoints restore into them and tracing creates none."""
     for optimizer, variables in self.optimizers().values():
       optimizer.build(variables)
+
+  def initialize_from_data(self, mean_image):
+    """Data-dependent initialisation from the mean image (when data_dependent_init)."""
+
+  def write_summaries(self, metrics):
+    """Method-specific summaries at a log step, inside the writer's context (default none)."""
 
   def sample_prior(self, batch_size):
     """z ~ N(0, I), projected onto the unit sphere for the sphere prior."""
