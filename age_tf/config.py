@@ -8,13 +8,13 @@ import tempfile
 from absl import flags
 
 from age_tf import data
+from age_tf import distribute
 from age_tf import divergences
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
 from age_tf.methods import gali
 from age_tf.methods.base import PRIORS
 
-STRATEGIES = ("auto", "mirrored", "one_device")
 
 # ---------------------------------------------------------------- flags
 # Defaults of None are resolved per method and dataset (the paper's values).
@@ -118,9 +118,10 @@ flags.DEFINE_integer("seed", 123, "Random seed (weights, prior draws, data order
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, TensorBoard events, "
                     "images and flags.json (default: <tmp>/age_tf/<method>_<dataset>). "
                     "Rerunning with the same directory resumes.")
-flags.DEFINE_enum("strategy", "auto", list(STRATEGIES), "tf.distribute strategy: auto "
-                  "(mirrored over local GPUs, else the single default device), mirrored, "
-                  "one_device.")
+flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "tf.distribute "
+                  "strategy: auto (mirrored over local GPUs, else the single default device), "
+                  "mirrored, multi_worker (MultiWorkerMirroredStrategy over the cluster in "
+                  "TF_CONFIG; the chief writes the run's files), one_device.")
 flags.DEFINE_integer("num_cpu_replicas", 1, "Split the CPU into this many logical devices "
                      "(mirrored replicas on a machine without GPUs).")
 flags.DEFINE_integer("steps_per_loop", 10, "Training steps per tf.function call.")
@@ -129,6 +130,14 @@ flags.DEFINE_integer("image_every", 500, "Write sample and reconstruction grids 
                      "many steps.")
 flags.DEFINE_integer("checkpoint_every", 1000, "Save a checkpoint every this many steps.")
 flags.DEFINE_integer("keep_checkpoints", 5, "How many recent checkpoints to keep.")
+flags.DEFINE_bool("export", True, "At the end of training, export the encoder and generator "
+                  "as a TF Serving SavedModel to --export_dir/VERSION (as `python -m "
+                  "age_tf.export` does); --noexport turns it off.")
+flags.DEFINE_string("export_dir", None, "Where SavedModel versions 1, 2, ... are written "
+                    "(TF Serving's --model_base_path; default: MODEL_DIR/export).")
+
+# The default --export_dir, under --model_dir.
+EXPORT_SUBDIR = "export"
 
 # Flags that fix the shapes of the saved variables: a model_dir written with
 # other values cannot be resumed.
@@ -190,6 +199,9 @@ class Config:
   # Derived from the dataset:
   num_train: int
   steps_per_epoch: int
+  # Export at the end of training (defaulted so flags.json of older runs still loads).
+  export: bool = True
+  export_dir: str = ""
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -230,6 +242,7 @@ def resolve(values):
     safe = raw["dataset"].replace(data.FOLDER_PREFIX, "folder_").replace(os.sep, "_")
     raw["model_dir"] = os.path.join(tempfile.gettempdir(), "age_tf", f"{raw['method']}_{safe}")
   raw["data_dir"] = raw["data_dir"] or ""
+  raw["export_dir"] = raw["export_dir"] or os.path.join(raw["model_dir"], EXPORT_SUBDIR)
 
   _check_method_flags(raw)
   _check_positive(raw, "batch_size", "latent_dim", "width", "steps_per_loop", "log_every",

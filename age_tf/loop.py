@@ -29,7 +29,11 @@ def train(config, strategy=None):
   """Trains (or resumes) the run `config` describes; returns the last logged metrics.
 
   Nothing is written to model_dir until the model, its checkpoint and the
-  input pipeline exist, so a bad dataset or directory fails cleanly.
+  input pipeline exist, so a bad dataset or directory fails cleanly. Under a
+  multi-worker strategy only the chief writes flags.json, summaries, PNGs and
+  model_dir's checkpoints; the other workers save theirs (checkpoint saving
+  is collective) to a temporary directory that is removed at the end, and
+  every worker resumes from the chief's latest checkpoint.
   """
   spec = config_lib.dataset_spec(config)
   strategy = strategy or distribute.make_strategy(config.strategy, config.num_cpu_replicas)
@@ -37,8 +41,9 @@ def train(config, strategy=None):
   if config.batch_size % replicas:
     raise UserError(f"--batch_size={config.batch_size} does not split evenly over {replicas} "
                     f"replicas; use a multiple of {replicas}.")
+  chief = distribute.is_chief(strategy)
   checkpointing.check_compatible(config)
-  model, step, manager = _restore_or_build(config, strategy)
+  model, step, manager = _restore_or_build(config, strategy, chief)
   start = int(step.numpy())
   logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
                "replica(s); model_dir %s%s", config.method, spec.name, spec.image_size,
@@ -50,33 +55,53 @@ def train(config, strategy=None):
                  start, config.train_steps)
     return {}
   iterator = _input(config, spec, strategy, model, seed=config.seed + start)
-  figures = _Figures(config, spec, model)
-  checkpointing.save_flags(config)
-  writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+  figures = _Figures(config, spec, model) if chief else None
+  if chief:
+    checkpointing.save_flags(config)
+    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+  else:
+    writer = tf.summary.create_noop_writer()
   if start == 0:
     if model.data_dependent_init:
       model.initialize_from_data(_mean_image(strategy, iterator))
-    figures.write(writer, 0)
-  last = _run(config, model, step, manager, iterator, figures, writer,
-              compile_train_steps(strategy, model, step))
-  logging.info("Trained to step %d; checkpoint %s", int(step.numpy()), manager.latest_checkpoint)
+    if figures:
+      figures.write(writer, 0)
+  try:
+    last = _run(config, model, step, manager, iterator, figures, writer,
+                compile_train_steps(strategy, model, step))
+  finally:
+    if not chief and tf.io.gfile.exists(manager.directory):
+      tf.io.gfile.rmtree(manager.directory)
+  logging.info("Trained to step %d; checkpoint %s; weights fingerprint %.10e",
+               int(step.numpy()), manager.latest_checkpoint if chief else "(the chief's)",
+               weights_fingerprint(model))
   return last
 
 
-def _restore_or_build(config, strategy):
+def weights_fingerprint(model):
+  """The sum of squares of every model variable (float64): equal on workers in sync."""
+  return float(sum(np.sum(np.square(v.numpy().astype(np.float64))) for v in model.variables))
+
+
+def _restore_or_build(config, strategy, chief=True):
   """The model, step counter and checkpoint manager, restored from the latest checkpoint."""
   replicas = strategy.num_replicas_in_sync
+  directory = checkpointing.checkpoint_dir(config.model_dir)
   with strategy.scope():
     model = METHODS[config.method].from_config(config, synchronized_bn=replicas > 1)
     model.build_optimizers()
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     checkpoint = checkpointing.make_checkpoint(model, step)
+    latest = tf.train.latest_checkpoint(directory)
+    if latest:
+      checkpoint.restore(latest).assert_existing_objects_matched()
+    if not chief:
+      task_type, task_id = distribute.worker_id(strategy)
+      directory = os.path.join(config.model_dir, f".{task_type}-{task_id}-tmp")
     manager = tf.train.CheckpointManager(
-        checkpoint, checkpointing.checkpoint_dir(config.model_dir),
-        max_to_keep=config.keep_checkpoints, step_counter=step)
-    if manager.latest_checkpoint:
-      checkpoint.restore(manager.latest_checkpoint).assert_existing_objects_matched()
+        checkpoint, directory, max_to_keep=config.keep_checkpoints if chief else 1,
+        step_counter=step)
   return model, step, manager
 
 
@@ -131,7 +156,7 @@ def _run(config, model, step, manager, iterator, figures, writer, run_steps):
       progress.log(current, last)
       logged, timed_steps, timed_seconds = _Accumulator(), 0, 0.0
     progress.update(current, means)
-    if current % config.image_every == 0 or done:
+    if figures and (current % config.image_every == 0 or done):
       figures.write(writer, current)
     if current % config.checkpoint_every == 0 or done:
       manager.save(checkpoint_number=current)
@@ -149,7 +174,8 @@ def compile_train_steps(strategy, model, step):
   names = model.metric_names
 
   def replica_step(images):
-    outputs = model.train_step(images)
+    with model.step_draws(step):
+      outputs = model.train_step(images)
     if set(outputs) != set(names):
       raise ValueError(f"train_step returned {sorted(outputs)}, not metric_names {names}")
     return tf.stack([tf.cast(outputs[k], tf.float32) for k in names])

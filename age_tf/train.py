@@ -10,6 +10,7 @@ from absl import logging
 
 from age_tf import config as config_lib
 from age_tf import distribute
+from age_tf import export
 from age_tf import loop
 from age_tf.errors import UserError
 
@@ -20,9 +21,11 @@ def main(argv):
   logging.set_verbosity(logging.INFO)
   try:
     config = config_lib.from_flags()
-    # Logical CPU devices must exist before TensorFlow starts any work.
-    distribute.split_cpu(config.num_cpu_replicas)
-    loop.train(config)
+    # Before TensorFlow starts any work (logical CPU devices, cluster set-up).
+    strategy = distribute.make_strategy(config.strategy, config.num_cpu_replicas)
+    loop.train(config, strategy)
+    if config.export and distribute.is_chief(strategy):
+      export.export_after_training(config)
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)

@@ -1,4 +1,4 @@
-"""On 2 logical CPU replicas the estimators see the global batch, and training runs mirrored.
+"""Replicated training computes what one device does: 2 logical CPU replicas, and 2 workers.
 
 Each check runs in a fresh process: logical devices must be configured
 before TensorFlow starts, and a process can hold only one MirroredStrategy.
@@ -6,8 +6,13 @@ before TensorFlow starts, and a process can hold only one MirroredStrategy.
 
 import json
 import os
+import re
+import socket
 import subprocess
 import sys
+import time
+
+import tensorflow as tf
 
 from conftest import ROOT, run_module
 
@@ -47,6 +52,80 @@ print("RESULT" + json.dumps(result))
 """
 
 
+# One compiled training step (the loop's own) of each method on one device and
+# on 2 replicas, from the same weights, on the same global batch: the
+# replicated step splits the batch and each replica keeps its slice of the
+# global batch's random draws (z, eps, instance noise), so both must end with
+# the same weights up to float32 reduction order. Adam's first update is
+# lr * g / (|g| + epsilon): with the default epsilon (1e-8) it turns the
+# rounding error of a gradient element that nearly cancels into an update of
+# up to lr, whatever computed it (one device against itself with another
+# reduction order does the same), so the check uses epsilon 1e-3, which keeps
+# every update proportional to its gradient.
+STEP_CHECK = r"""
+import json
+import numpy as np
+import tensorflow as tf
+from age_tf import config as config_lib, distribute, loop
+from age_tf.methods import METHODS
+
+mirrored = distribute.make_strategy("mirrored", num_cpu_replicas=2)
+single = tf.distribute.OneDeviceStrategy("/cpu:0")
+result = {}
+for method, steps in (("age", 2), ("gali4", 1)):
+  config = config_lib.resolve(dict(method=method, dataset="digits", width=4, batch_size=16,
+                                   train_steps=10, adam_epsilon=1e-3, model_dir="/tmp/unused"))
+
+  def build(strategy):
+    with strategy.scope():
+      model = METHODS[method].from_config(config, synchronized_bn=strategy is mirrored)
+      model.build_optimizers()
+      step = tf.Variable(0, dtype=tf.int64, trainable=False,
+                         aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+    return model, step
+
+  (one, one_step), (two, two_step) = build(single), build(mirrored)
+  for a, b in zip(one.variables, two.variables):
+    assert a.path == b.path and a.shape == b.shape, (a.path, b.path)
+    b.assign(a)
+  images = tf.constant(np.random.default_rng(0).uniform(
+      -1, 1, (one.batches_per_step, 16, 32, 32, 1)), tf.float32)
+  if one.data_dependent_init:
+    one.initialize_from_data(tf.reduce_mean(images[0], 0))
+    two.initialize_from_data(tf.reduce_mean(images[0], 0))
+  before = [v.numpy().copy() for v in one.trainable_variables]
+  whole = tf.data.Dataset.from_tensors(images).repeat()
+  # Each replica's input pipeline element: replica 0 the first half, replica 1 the second.
+  halves = tf.data.Dataset.from_tensor_slices(tf.stack([images[:, :8], images[:, 8:]])).repeat()
+  loop.compile_train_steps(single, one, one_step)(
+      iter(single.experimental_distribute_dataset(whole)), tf.constant(steps))
+  loop.compile_train_steps(mirrored, two, two_step)(
+      iter(mirrored.distribute_datasets_from_function(lambda _: halves)), tf.constant(steps))
+  diffs = {a.path: float(np.max(np.abs(a.numpy() - b.numpy())))
+           for a, b in zip(one.variables, two.variables) if a.shape.num_elements()}
+  moved = max(float(np.max(np.abs(v.numpy() - b))) for v, b in zip(one.trainable_variables,
+                                                                     before))
+  result[method] = dict(max_diff=max(diffs.values()), worst=max(diffs, key=diffs.get),
+                        moved=moved, count=len(diffs))
+print("RESULT" + json.dumps(result))
+"""
+
+
+def test_a_replicated_step_computes_what_one_device_does():
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", STEP_CHECK], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.split("RESULT", 1)[1])
+  print(result)
+  for method, r in result.items():
+    # The step changed the weights (by about the learning rate), and every
+    # variable (weights, BatchNorm statistics, spectral-norm vectors) agrees
+    # between 1 and 2 replicas far below that.
+    assert r["moved"] > 1e-4, (method, r)
+    assert r["max_diff"] < 1e-5, (method, r)
+
+
 def test_estimators_use_the_global_batch_across_replicas():
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-c", ESTIMATOR_CHECK], cwd=ROOT, env=env,
@@ -66,7 +145,7 @@ def test_estimators_use_the_global_batch_across_replicas():
 
 def test_training_runs_on_two_replicas(tmp_path):
   result = run_module("age_tf.train", "--dataset=digits", "--width=8", "--batch_size=16",
-                      "--train_steps=4", "--log_every=2", "--num_cpu_replicas=2",
+                      "--train_steps=4", "--log_every=2", "--num_cpu_replicas=2", "--noexport",
                       f"--model_dir={tmp_path}", timeout=600)
   assert result.returncode == 0, result.stderr[-3000:]
   assert "on 2 replica(s)" in result.stderr
@@ -80,3 +159,57 @@ def test_batch_that_does_not_split_over_replicas_is_refused(tmp_path):
   assert result.returncode == 2
   assert "--batch_size=15 does not split evenly over 2 replicas" in result.stderr
   assert "Traceback" not in result.stderr
+
+
+def _free_ports(count):
+  sockets = [socket.socket() for _ in range(count)]
+  for s in sockets:
+    s.bind(("127.0.0.1", 0))
+  ports = [s.getsockname()[1] for s in sockets]
+  for s in sockets:
+    s.close()
+  return ports
+
+
+def test_two_workers_train_in_sync_and_only_the_chief_writes(tmp_path):
+  """Two worker processes on 127.0.0.1: the same weights at the end, one set of files."""
+  workers = [f"127.0.0.1:{port}" for port in _free_ports(2)]
+  model_dir = tmp_path / "run"
+  processes = []
+  for index in range(2):
+    tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
+    env = dict(os.environ, PYTHONPATH=ROOT, TF_CONFIG=json.dumps(tf_config))
+    log = open(tmp_path / f"worker{index}.log", "w+")
+    processes.append((subprocess.Popen(
+        [sys.executable, "-m", "age_tf.train", "--strategy=multi_worker", "--dataset=digits",
+         "--width=4", "--batch_size=16", "--train_steps=4", "--log_every=2",
+         "--checkpoint_every=2", f"--model_dir={model_dir}"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+  try:
+    # A worker whose peer died waits forever: bound the wait, then kill both.
+    deadline = time.monotonic() + 480
+    for process, _ in processes:
+      process.wait(timeout=max(deadline - time.monotonic(), 1))
+  finally:
+    for process, _ in processes:
+      if process.poll() is None:
+        process.kill()
+        process.wait()
+  logs = []
+  for process, log in processes:
+    log.seek(0)
+    logs.append(log.read())
+    log.close()
+    assert process.returncode == 0, logs[-1][-3000:]
+  fingerprints = [re.search(r"weights fingerprint (\S+)", text).group(1) for text in logs]
+  print(fingerprints)
+  assert fingerprints[0] == fingerprints[1]
+  # Each worker reads its own shard: 2 workers x 1 replica, a global batch of 16.
+  assert all("batch 16 on 2 replica(s)" in text for text in logs)
+  # One set of files, the chief's (and one export); no worker's temporary
+  # checkpoints left behind.
+  assert sorted(os.listdir(model_dir)) == ["checkpoints", "export", "flags.json",
+                                           "reconstructions.png", "samples.png", "train"]
+  assert os.listdir(model_dir / "export") == ["1"]
+  assert tf.train.latest_checkpoint(str(model_dir / "checkpoints")).endswith("ckpt-4")
+  assert len(os.listdir(model_dir / "train")) == 1

@@ -1,9 +1,67 @@
 """The contract every method implements: its networks, optimizers, prior, train_step, encode/generate."""
 
+import contextlib
+import threading
+
 import keras
 import tensorflow as tf
 
 PRIORS = ("sphere", "gaussian")
+
+
+class GeneratorDraws:
+  """Draws from a stateful tf.random.Generator (outside the training loop's steps)."""
+
+  def __init__(self, generator):
+    self.generator = generator
+
+  def normal(self, shape, dtype=tf.float32, batch_axis=0):
+    del batch_axis  # one device, one stream
+    return self.generator.normal(shape, dtype=dtype)
+
+  def uniform(self, shape, dtype=tf.float32, batch_axis=0):
+    del batch_axis
+    return self.generator.uniform(shape, dtype=dtype)
+
+
+class StepDraws:
+  """The random draws of one training step: stateless, keyed on (seed, step, draw index).
+
+  Every draw is made for the GLOBAL batch (the local batch axis times the
+  number of replicas) and each replica keeps its own slice, so a step on N
+  replicas uses exactly the numbers one device would draw for the whole batch,
+  each replica's differ, and a step's draws depend only on the seed and the
+  step number (a resumed run draws what an uninterrupted one would). Draws are
+  numbered in the order the step's code makes them.
+  """
+
+  def __init__(self, seed, step):
+    context = tf.distribute.get_replica_context()
+    self.replicas = context.num_replicas_in_sync if context else 1
+    self.replica_id = context.replica_id_in_sync_group if context else 0
+    self.key = tf.random.experimental.stateless_fold_in(
+        tf.constant([seed, 0], tf.int64), tf.cast(step, tf.int64))
+    self.index = 0
+
+  def _draw(self, sample, shape, batch_axis):
+    key = tf.random.experimental.stateless_fold_in(self.key, self.index)
+    self.index += 1
+    shape = tf.convert_to_tensor(shape, tf.int32)
+    if self.replicas == 1:
+      return sample(shape, key)
+    rank = shape.shape[0]
+    local = shape[batch_axis]
+    axis = tf.one_hot(batch_axis, rank, dtype=tf.int32)
+    draws = sample(shape + axis * local * (self.replicas - 1), key)
+    return tf.slice(draws, axis * local * tf.cast(self.replica_id, tf.int32), shape)
+
+  def normal(self, shape, dtype=tf.float32, batch_axis=0):
+    return self._draw(lambda s, k: tf.random.stateless_normal(s, k, dtype=dtype), shape,
+                      batch_axis)
+
+  def uniform(self, shape, dtype=tf.float32, batch_axis=0):
+    return self._draw(lambda s, k: tf.random.stateless_uniform(s, k, dtype=dtype), shape,
+                      batch_axis)
 
 
 class EpochStepDecay(keras.optimizers.schedules.LearningRateSchedule):
@@ -70,6 +128,8 @@ class BidirectionalModel(keras.Model):
     # A tf.random.Generator created under the strategy's scope draws
     # different numbers on each replica and is saved in checkpoints.
     self.noise = tf.random.Generator.from_seed(config.seed)
+    # Per thread: MirroredStrategy runs each replica's step in its own thread.
+    self._draws = threading.local()
     self.num_replicas = tf.distribute.get_strategy().num_replicas_in_sync
 
   # -- the contract --------------------------------------------------------
@@ -114,9 +174,23 @@ class BidirectionalModel(keras.Model):
   def write_summaries(self, metrics):
     """Method-specific summaries at a log step, inside the writer's context (default none)."""
 
+  @property
+  def random(self):
+    """Where this call's random numbers come from: StepDraws inside a loop step, else `noise`."""
+    return getattr(self._draws, "in_step", None) or GeneratorDraws(self.noise)
+
+  @contextlib.contextmanager
+  def step_draws(self, step):
+    """Within it, train_step draws StepDraws(seed, step): the training loop's randomness."""
+    self._draws.in_step = StepDraws(self.config.seed, step)
+    try:
+      yield
+    finally:
+      self._draws.in_step = None
+
   def sample_prior(self, batch_size):
     """z ~ N(0, I), projected onto the unit sphere for the sphere prior."""
-    z = self.noise.normal([batch_size, self.latent_dim])
+    z = self.random.normal([batch_size, self.latent_dim])
     return tf.math.l2_normalize(z, axis=-1) if self.prior == "sphere" else z
 
   def encode(self, images, training=False):

@@ -169,7 +169,7 @@ class AdversarialInference(base.BidirectionalModel):
     if not self.stochastic_encoder:
       return outputs
     mean, log_sigma = outputs[:, :self.latent_dim], outputs[:, self.latent_dim:]
-    return mean + tf.exp(log_sigma) * self.noise.normal(tf.shape(mean), dtype=mean.dtype)
+    return mean + tf.exp(log_sigma) * self.random.normal(tf.shape(mean), dtype=mean.dtype)
 
   def g(self, codes):
     return self.generator(codes, training=True)
@@ -194,9 +194,13 @@ class AdversarialInference(base.BidirectionalModel):
     """Log-probabilities (B, C) of every class for each class's tuples, in one D call."""
     inputs = []
     for position, kind in enumerate(self.signature):
-      element = tf.concat([t[position] for t in class_tuples], axis=0)
+      parts = [t[position] for t in class_tuples]
+      element = tf.concat(parts, axis=0)
       if kind == "x":
-        element += noise_std * self.noise.normal(tf.shape(element), dtype=element.dtype)
+        # Drawn as (classes, batch, ...) so the batch axis is the one replicas split.
+        shape = tf.concat([[len(parts)], tf.shape(parts[0])], axis=0)
+        noise = self.random.normal(shape, dtype=element.dtype, batch_axis=1)
+        element += noise_std * tf.reshape(noise, tf.shape(element))
       inputs.append(element)
     logits = tf.cast(self.discriminator(inputs, training=True), tf.float32)
     return tf.split(class_log_probs(logits), len(class_tuples), axis=0)
@@ -437,7 +441,7 @@ class GALIMix(AdversarialInference):
 
   def masks(self, batch_size):
     cfg = self.config
-    return sample_masks(self.noise, batch_size, cfg.image_size, cfg.mask_max_size,
+    return sample_masks(self.random, batch_size, cfg.image_size, cfg.mask_max_size,
                         cfg.mask_sampler)
 
   def masked_codes(self, images):

@@ -1,21 +1,53 @@
-"""Reconstruction error: pixel MSE between x and G(E(x)) in [0, 1]."""
+"""Reconstruction error: pixel MSE between x and G(E(x)) in [0, 1], and the same on a feature model's features."""
 
-import numpy as np
 import tensorflow as tf
 
+from age_tf.metrics import inputs
 
-def pixel_mse(model, dataset):
+
+def _reconstruct_fn(model):
+  return tf.function(lambda x: model.reconstruct(x, training=False))
+
+
+def pixel_mse(model, dataset, batch_size=inputs.DEFAULT_BATCH_SIZE):
   """Mean and std over batches of the per-batch pixel MSE, images scaled to [0, 1].
 
-  `dataset` yields images in [-1, 1], or (images, labels) pairs; the model
+  `dataset` yields images in [-1, 1], or (images, labels) pairs, or is an
+  (N, H, W, C) array (split into batches of `batch_size`); the model
   reconstructs with its encoder mean and inference-mode BatchNorm.
   """
-  reconstruct = tf.function(lambda x: model.reconstruct(x, training=False))
-  errors = []
-  for batch in dataset:
-    images = batch[0] if isinstance(batch, (tuple, list)) else batch
-    diff = (reconstruct(images) - images) / 2.0  # the same difference in [0, 1]
-    errors.append(float(tf.reduce_mean(tf.square(diff))))
-  if not errors:
-    raise ValueError("pixel_mse: the dataset is empty.")
-  return float(np.mean(errors)), float(np.std(errors))
+  return reconstruction_errors(model, dataset, batch_size=batch_size)["pixel_mse"]
+
+
+def feature_mse(model, dataset, feature_model, batch_size=inputs.DEFAULT_BATCH_SIZE):
+  """Mean and std over batches of the mean squared difference between M(x) and M(G(E(x))).
+
+  `feature_model` maps images in [-1, 1] to (B, D) features (see
+  age_tf.features.load_feature_model); the mean is over the batch and the D
+  features.
+  """
+  return reconstruction_errors(model, dataset, feature_model, batch_size)["feature_mse"]
+
+
+def reconstruction_errors(model, dataset, feature_model=None,
+                          batch_size=inputs.DEFAULT_BATCH_SIZE):
+  """{"pixel_mse": (mean, std), "feature_mse": (mean, std) with a feature model, "count": N}.
+
+  One pass over `dataset` (as pixel_mse takes it): each batch is
+  reconstructed once; means and stds are over batches.
+  """
+  reconstruct = _reconstruct_fn(model)
+  features = tf.function(lambda x: feature_model(x, training=False)) if feature_model else None
+  pixel, feature, count = [], [], 0
+  for images in inputs.image_batches(dataset, batch_size):
+    reconstructions = reconstruct(images)
+    diff = (reconstructions - images) / 2.0  # the same difference in [0, 1]
+    pixel.append(float(tf.reduce_mean(tf.square(diff))))
+    if features is not None:
+      feature.append(float(tf.reduce_mean(tf.square(features(reconstructions) -
+                                                    features(images)))))
+    count += int(images.shape[0])
+  result = {"pixel_mse": inputs.mean_and_std(pixel, "pixel_mse"), "count": count}
+  if features is not None:
+    result["feature_mse"] = inputs.mean_and_std(feature, "feature_mse")
+  return result

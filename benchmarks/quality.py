@@ -1,0 +1,211 @@
+"""Trains every method on digits with one budget and seed, evaluates each, prints one markdown table.
+
+    python benchmarks/quality.py                         # 920 steps (digits' 40 epochs), all methods
+    python benchmarks/quality.py --train_steps=200 --svm_repeats=20 --methods=age,gali4
+
+For each method: `python -m age_tf.train --method=M --dataset=digits
+--train_steps=N --seed=S` (the method's digits defaults otherwise; its wall
+clock is the train time), then `python -m age_tf.evaluate` with one shared
+digits classifier as the feature model (trained once here, seed 0;
+GALI-PT's own M is a second classifier, seed 1, so it is not scored by the
+model it trained against). Two rows give the numbers a floor: the
+untrained AGE model (its initial weights, `evaluate --untrained`) and PCA
+with M = 10 components (AGE's digits latent size) fitted on the training
+images: reconstruction x -> mean + P P^T (x - mean), samples from the
+Gaussian N(mean, P diag(var) P^T), SVM features its 10 coordinates.
+
+Runs are kept in --work_dir: rerunning skips trained models and reuses
+their train time. Not run in CI. Writes quality.md and quality.json there.
+"""
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import numpy as np  # pylint: disable=g-import-not-at-top
+import tensorflow as tf
+from absl import app
+from absl import flags
+
+from age_tf import data
+from age_tf import features
+from age_tf.methods import METHODS
+from age_tf.metrics import classifier_distances
+from age_tf.metrics import reconstruction
+from age_tf.metrics import svm
+
+flags.DEFINE_integer("train_steps", 920, "Training steps of every method (digits' default "
+                     "run is 40 epochs: 920 steps).")
+flags.DEFINE_integer("seed", 123, "--seed of every training run.")
+flags.DEFINE_list("methods", list(METHODS), "Methods to train and evaluate.")
+flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "age_tf", "quality"),
+                    "Where the runs, classifiers and the table are kept.")
+flags.DEFINE_integer("svm_repeats", 100, "SVM protocol repeats (the papers' 100).")
+flags.DEFINE_integer("num_fid_samples", 1000, "FID/KID generated samples and real images.")
+flags.DEFINE_integer("classifier_epochs", 10, "Epochs of the digits classifiers.")
+FLAGS = flags.FLAGS
+
+# The evaluation protocol for digits (the evaluate defaults, passed explicitly
+# so the PCA row uses the very same).
+SVM_PER_CLASS, SVM_VALIDATION, SVM_GRID = 10, 300, svm.PAPER_GRID_SIZE
+PCA_COMPONENTS = 10
+BATCH = 100
+
+
+def _run(module, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  began = time.perf_counter()
+  result = subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True)
+  if result.returncode:
+    sys.stderr.write(result.stderr[-5000:])
+    raise SystemExit(f"{module} {' '.join(args)} failed ({result.returncode}).")
+  return time.perf_counter() - began
+
+
+def _classifier(name, seed):
+  path = os.path.join(FLAGS.work_dir, name)
+  if not os.path.exists(os.path.join(path, features.CLASSIFIER_FILE)):
+    print(f"training {name} (seed {seed})...", flush=True)
+    _run("age_tf.classifier", "--dataset=digits", f"--model_dir={path}", f"--seed={seed}",
+         f"--epochs={FLAGS.classifier_epochs}")
+  return path
+
+
+def _train(method, pt_classifier):
+  model_dir = os.path.join(FLAGS.work_dir, method)
+  timing = os.path.join(model_dir, "train_seconds.json")
+  if os.path.exists(timing):
+    with open(timing) as f:
+      saved = json.load(f)
+    if saved["train_steps"] == FLAGS.train_steps and saved["seed"] == FLAGS.seed:
+      return model_dir, saved["seconds"]
+  print(f"training {method} for {FLAGS.train_steps} steps...", flush=True)
+  extra = [f"--feature_model={pt_classifier}"] if method == "gali_pt" else []
+  seconds = _run("age_tf.train", f"--method={method}", "--dataset=digits",
+                 f"--train_steps={FLAGS.train_steps}", f"--seed={FLAGS.seed}",
+                 f"--model_dir={model_dir}", *extra)
+  with open(timing, "w") as f:
+    json.dump({"train_steps": FLAGS.train_steps, "seed": FLAGS.seed, "seconds": seconds}, f)
+  return model_dir, seconds
+
+
+def _evaluate(model_dir, classifier, untrained=False):
+  print(f"evaluating {model_dir}{' (untrained)' if untrained else ''}...", flush=True)
+  _run("age_tf.evaluate", f"--model_dir={model_dir}", f"--feature_model={classifier}",
+       f"--svm_repeats={FLAGS.svm_repeats}", f"--svm_per_class={SVM_PER_CLASS}",
+       f"--svm_validation={SVM_VALIDATION}", f"--svm_grid_size={SVM_GRID}",
+       f"--num_fid_samples={FLAGS.num_fid_samples}", "--metrics=recon,fid,kid,svm",
+       *(["--untrained"] if untrained else []))
+  sub = "untrained" if untrained else str(FLAGS.train_steps)
+  with open(os.path.join(model_dir, "eval", sub, "metrics.json")) as f:
+    return json.load(f)["metrics"]
+
+
+class PCAModel:
+  """PCA as an encoder-generator pair: whitened coordinates, prior N(0, I)."""
+
+  prior = "gaussian"
+
+  def __init__(self, train_images, components):
+    flat = train_images.reshape(len(train_images), -1).astype(np.float64)
+    self.shape = train_images.shape[1:]
+    self.mean = flat.mean(0)
+    _, s, vt = np.linalg.svd(flat - self.mean, full_matrices=False)
+    self.basis = vt[:components]  # (M, pixels)
+    self.scale = s[:components] / np.sqrt(len(flat) - 1)  # component std
+    self.latent_dim = components
+
+  def encode(self, images, training=False):
+    flat = tf.reshape(tf.cast(images, tf.float64), [tf.shape(images)[0], -1])
+    return tf.cast((flat - self.mean) @ self.basis.T / self.scale, tf.float32)
+
+  def generate(self, codes, training=False):
+    flat = (tf.cast(codes, tf.float64) * self.scale) @ self.basis + self.mean
+    images = tf.reshape(tf.cast(flat, tf.float32), [-1, *self.shape])
+    return tf.clip_by_value(images, -1.0, 1.0)
+
+  def reconstruct(self, images, training=False):
+    return self.generate(self.encode(images))
+
+
+def _pca_row(classifier):
+  spec = data.get_spec("digits")
+  began = time.perf_counter()
+  train = data.labelled_dataset(spec, "train", 1000)
+  train_x = np.concatenate([x.numpy() for x, _ in train])
+  train_y = np.concatenate([y.numpy() for _, y in train])
+  model = PCAModel(train_x, PCA_COMPONENTS)
+  fit_seconds = time.perf_counter() - began
+  test = data.labelled_dataset(spec, "test", 1000)
+  test_x = np.concatenate([x.numpy() for x, _ in test])
+  test_y = np.concatenate([y.numpy() for _, y in test])
+  feature_model = features.load_feature_model(classifier, 32, 1)
+  errors = reconstruction.reconstruction_errors(model, test_x, feature_model, BATCH)
+  real = classifier_distances.activations(feature_model, train_x[:FLAGS.num_fid_samples])
+  fake = classifier_distances.sample_activations(model, feature_model, FLAGS.num_fid_samples,
+                                                 seed=0, batch_size=BATCH)
+  distances = classifier_distances.fid_and_kid(real, fake)
+  result = svm.linear_svm_error(
+      train_x[:-SVM_VALIDATION], train_y[:-SVM_VALIDATION], train_x[-SVM_VALIDATION:],
+      train_y[-SVM_VALIDATION:], test_x, test_y, per_class=SVM_PER_CLASS,
+      repeats=FLAGS.svm_repeats, c_values=svm.c_grid(SVM_GRID), seed=0,
+      featurize=lambda x: model.encode(x).numpy())
+  return {"recon/pixel_mse": errors["pixel_mse"][0], "recon/feature_mse": errors["feature_mse"][0],
+          "fid": distances["fid"], "kid": distances["kid"], "kid_std": distances["kid_std"],
+          "svm/error": result["error"], "svm/error_std": result["error_std"]}, fit_seconds
+
+
+def _row(name, m, seconds):
+  return (f"| {name} | {m['recon/pixel_mse']:.4f} | {m['recon/feature_mse']:.3f} | "
+          f"{m['fid']:.1f} | {m['kid']:.3f} ± {m['kid_std']:.3f} | "
+          f"{100 * m['svm/error']:.1f} ± {100 * m['svm/error_std']:.1f} | {seconds:.0f} |")
+
+
+def main(argv):
+  del argv
+  unknown = [m for m in FLAGS.methods if m not in METHODS]
+  if unknown:
+    raise SystemExit(f"Unknown method(s) {unknown}; valid: {', '.join(METHODS)}.")
+  os.makedirs(FLAGS.work_dir, exist_ok=True)
+  classifier = _classifier("classifier_eval", 0)
+  pt_classifier = _classifier("classifier_pt", 1) if "gali_pt" in FLAGS.methods else None
+  rows, results = [], {}
+  for method in FLAGS.methods:
+    model_dir, seconds = _train(method, pt_classifier)
+    results[method] = dict(_evaluate(model_dir, classifier), train_seconds=seconds)
+    rows.append(_row(method, results[method], seconds))
+    if method == FLAGS.methods[0]:
+      untrained = _evaluate(model_dir, classifier, untrained=True)
+      results[f"untrained {method}"] = dict(untrained, train_seconds=0.0)
+  first = FLAGS.methods[0]
+  rows.append(_row(f"untrained ({first})", results[f"untrained {first}"], 0.0))
+  pca, fit_seconds = _pca_row(classifier)
+  results["pca"] = dict(pca, train_seconds=fit_seconds)
+  rows.append(_row(f"PCA (M = {PCA_COMPONENTS})", pca, fit_seconds))
+  header = [
+      f"digits, {FLAGS.train_steps} training steps, seed {FLAGS.seed}; test split (300 images); "
+      f"FID/KID: {FLAGS.num_fid_samples} samples against {FLAGS.num_fid_samples} training "
+      f"images, features of the digits classifier (512-d); SVM: {SVM_PER_CLASS} labels per "
+      f"class, {FLAGS.svm_repeats} repeats, mean ± std of the test error.",
+      "",
+      "| method | pixel MSE | feature MSE | FID | KID | SVM error (%) | train time (s) |",
+      "|---|---|---|---|---|---|---|",
+  ]
+  table = "\n".join(header + rows)
+  print(table)
+  with open(os.path.join(FLAGS.work_dir, "quality.md"), "w") as f:
+    f.write(table + "\n")
+  with open(os.path.join(FLAGS.work_dir, "quality.json"), "w") as f:
+    json.dump(results, f, indent=2, sort_keys=True)
+
+
+if __name__ == "__main__":
+  app.run(main)

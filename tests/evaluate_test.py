@@ -1,0 +1,151 @@
+"""python -m age_tf.evaluate end to end on the digits AGE run: metrics.json, figures, TensorBoard, errors."""
+
+import json
+import math
+import os
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from tensorboard.backend.event_processing import event_accumulator
+
+from age_tf import config as config_lib
+from age_tf.methods import METHODS
+from age_tf.metrics import svm
+
+from conftest import LEARNING_STEPS
+from conftest import run_module
+
+# Small counts keep the run short (about a minute on a 2-core CPU); the
+# defaults are exercised by the README's commands and benchmarks/quality.py.
+FAST_FLAGS = ("--svm_repeats=3", "--classifier_epochs=3", "--num_fid_samples=500")
+METRIC_KEYS = (
+    "recon/pixel_mse", "recon/pixel_mse_std", "recon/feature_mse", "recon/feature_mse_std",
+    "recon/untrained_pixel_mse", "fid", "kid", "kid_std", "svm/error", "svm/error_std",
+    "inpaint/pixel_mse", "inpaint/pixel_mse_std", "inpaint/feature_mse",
+    "inpaint/feature_mse_std", "codes/fake_mean", "codes/fake_var", "codes/real_mean",
+    "codes/real_var")
+# (height, width) of each figure for 32x32 digits: 8x8 samples; 32 real |
+# reconstruction pairs in 8 columns; 8 interpolations of 8 steps between two
+# real images; 16 restorations in rows corrupted, restored (4 rows of 8).
+FIGURE_SIZES = {"samples": (256, 256), "reconstructions": (256, 256),
+                "interpolations": (256, 320), "restorations": (128, 256)}
+
+
+def copy_run(model_dir, destination):
+  """The run's flags.json and checkpoints (the shared fixture's directory stays untouched)."""
+  os.makedirs(destination)
+  shutil.copy(os.path.join(model_dir, "flags.json"), destination)
+  shutil.copytree(os.path.join(model_dir, "checkpoints"), os.path.join(destination, "checkpoints"))
+  return str(destination)
+
+
+@pytest.fixture(scope="module")
+def evaluated(digits_run, tmp_path_factory):
+  model_dir = copy_run(digits_run[0], tmp_path_factory.mktemp("evaluate") / "run")
+  result = run_module("age_tf.evaluate", f"--model_dir={model_dir}", *FAST_FLAGS)
+  assert result.returncode == 0, result.stderr[-5000:]
+  return model_dir, result
+
+
+def test_metrics_json_has_every_metric_finite_and_its_sample_counts(evaluated):
+  model_dir, result = evaluated
+  out_dir = os.path.join(model_dir, "eval", str(LEARNING_STEPS))
+  with open(os.path.join(out_dir, "metrics.json")) as f:
+    report = json.load(f)
+  print(result.stdout)
+  assert report["method"] == "age" and report["step"] == LEARNING_STEPS
+  assert report["metrics_computed"] == ["recon", "fid", "kid", "svm", "inpaint"]
+  metrics = report["metrics"]
+  assert sorted(metrics) == sorted(METRIC_KEYS)
+  assert all(math.isfinite(v) for v in metrics.values()), metrics
+  # Trained beats untrained on reconstruction (by far: about 0.02 against 0.14).
+  assert metrics["recon/pixel_mse"] < metrics["recon/untrained_pixel_mse"] / 3
+  assert metrics["svm/error"] < 0.5 and metrics["kid_std"] > 0
+  # The report states what was computed on how much.
+  settings = report["settings"]
+  assert settings["recon"]["images"] == 300
+  assert settings["fid_kid"]["real"] == 500 and settings["fid_kid"]["generated"] == 500
+  assert settings["fid_kid"]["kid_blocks"] == 10
+  assert settings["svm"]["repeats"] == 3 and settings["svm"]["per_class"] == 10
+  assert settings["svm"]["validation"] == 300 and settings["svm"]["pool"] == 1197
+  assert settings["svm"]["grid"]["size"] == 50 and settings["svm"]["test"] == 300
+  assert settings["inpaint"]["images"] == 300 and settings["inpaint"]["sampler"] == "uniform"
+  assert report["feature_model"]["trained_here"] and report["feature_model"]["dim"] == 512
+  assert len(report["svm"]["errors"]) == 3 and len(report["codes"]["fake_var"]) == 10
+  assert "recon/pixel_mse" in result.stdout and "metrics.json" in result.stdout
+
+
+def test_figures_decode_to_their_grid_sizes(evaluated):
+  model_dir, _ = evaluated
+  out_dir = os.path.join(model_dir, "eval", str(LEARNING_STEPS))
+  for name, size in FIGURE_SIZES.items():
+    with Image.open(os.path.join(out_dir, f"{name}.png")) as image:
+      pixels = np.asarray(image)
+    assert pixels.shape[:2] == size, name
+    assert pixels.std() > 5, name  # not blank
+  with Image.open(os.path.join(out_dir, "codes.png")) as image:
+    assert image.mode == "RGB" and image.size[0] >= 240 and image.size[1] >= 200
+  assert not [f for f in os.listdir(out_dir) if ".tmp" in f]
+
+
+def test_tensorboard_summaries_under_eval(evaluated):
+  model_dir, _ = evaluated
+  accumulator = event_accumulator.EventAccumulator(
+      os.path.join(model_dir, "eval"), size_guidance={event_accumulator.TENSORS: 0})
+  accumulator.Reload()
+  tags = set(accumulator.Tags()["tensors"])
+  assert {"eval/recon/pixel_mse", "eval/fid", "eval/kid", "eval/svm/error",
+          "eval/inpaint/pixel_mse", "eval/samples", "eval/codes"} <= tags
+  assert accumulator.Tensors("eval/fid")[0].step == LEARNING_STEPS
+
+
+def test_untrained_evaluation_reuses_the_cached_classifier(evaluated):
+  model_dir, _ = evaluated
+  result = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--untrained",
+                      "--metrics=recon")
+  assert result.returncode == 0, result.stderr[-5000:]
+  with open(os.path.join(model_dir, "eval", "untrained", "metrics.json")) as f:
+    untrained = json.load(f)
+  with open(os.path.join(model_dir, "eval", str(LEARNING_STEPS), "metrics.json")) as f:
+    trained = json.load(f)
+  assert untrained["untrained"] and untrained["metrics_computed"] == ["recon"]
+  assert "trained_here" in untrained["feature_model"]
+  assert untrained["seconds"]["feature_model"] < trained["seconds"]["feature_model"]
+  # The same seeded initial weights as the trained report's baseline.
+  assert untrained["metrics"]["recon/pixel_mse"] == pytest.approx(
+      trained["metrics"]["recon/untrained_pixel_mse"], rel=1e-4)
+
+
+@pytest.mark.parametrize("args,message", [
+    ((), "has no trained model"),  # a model_dir with no checkpoint
+    (("--untrained", "--metrics=recon,bogus"), "unknown metric"),
+])
+def test_bad_input_prints_one_error_line_and_exits_2(tmp_path, args, message):
+  model_dir = tmp_path / "run"
+  model_dir.mkdir()
+  (model_dir / "flags.json").write_text(config_lib.resolve(
+      {"method": "age", "dataset": "digits", "model_dir": str(model_dir)}).to_json())
+  result = run_module("age_tf.evaluate", f"--model_dir={model_dir}", *args)
+  errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+  assert result.returncode == 2, result.stderr[-3000:]
+  assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert not (model_dir / "eval").exists()
+
+
+@pytest.mark.parametrize("method,dim", [
+    # AGE, 32x32, width 16: lrelu0 16x16x16, lrelu1 8x8x32, lrelu2 4x4x64, M = 10.
+    ("age", 16 * 16 * 16 + 8 * 8 * 32 + 4 * 4 * 64 + 10),
+    # ALI/GALI digits, width 8: lrelu4 4x4x64, lrelu5 1x1x128, lrelu6 dense 128, mean M = 8.
+    ("gali4", 4 * 4 * 64 + 128 + 128 + 8),
+])
+def test_svm_features_are_the_last_three_hidden_layers_and_the_mean(method, dim):
+  config = config_lib.resolve({"method": method, "dataset": "digits", "model_dir": "/unused"})
+  model = METHODS[method].from_config(config)
+  images = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 1)).astype(np.float32)
+  features = svm.encoder_features(model)(images)
+  assert features.shape == (3, dim)
+  np.testing.assert_allclose(features[:, -config.latent_dim:], model.encode(images).numpy(),
+                             rtol=1e-5, atol=1e-6)
