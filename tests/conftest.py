@@ -13,7 +13,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, timeout=900, env=None):
+def run_module(module, *args, timeout=1800, env=None):
   """Runs `python -m module args` from the repository root; returns the CompletedProcess."""
   full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
   return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
