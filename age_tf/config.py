@@ -114,14 +114,28 @@ flags.DEFINE_float("epochs", None, "Training length in epochs of num_train // ba
                    "steps (default: the paper's per dataset).")
 flags.DEFINE_integer("train_steps", None, "Training length in steps; overrides --epochs.")
 flags.DEFINE_integer("seed", 123, "Random seed (weights, prior draws, data order).")
+flags.DEFINE_bool("deterministic", False, "Reproducible to the bit on CPU: TensorFlow op "
+                  "determinism, and a data order that is a function of --seed and the step, so "
+                  "a run stopped and resumed ends with the weights of one that ran straight "
+                  "through (resuming then re-reads the data up to the step: seconds per "
+                  "epoch done).")
+flags.DEFINE_enum("on_nan", "stop", ["stop", "skip"], "When a loss or metric of a step is "
+                  "NaN or Inf: stop training with a message naming the step and the loss, "
+                  "keeping the last good checkpoint (stop), or skip the step's non-finite "
+                  "updates, restore its BatchNorm statistics and count it (skip).")
+flags.DEFINE_enum("on_bad_image", "fail", ["fail", "skip"], "folder: datasets: an image file "
+                  "that cannot be decoded fails the run naming the file (fail), or is left out "
+                  "with a warning that counts them (skip).")
+flags.DEFINE_integer("debug_nan_at_step", -1, "For tests of --on_nan: step number whose real "
+                     "images are replaced by NaN (-1: none).")
 
 flags.DEFINE_string("model_dir", None, "Directory for checkpoints, TensorBoard events, "
                     "images and flags.json (default: <tmp>/age_tf/<method>_<dataset>). "
                     "Rerunning with the same directory resumes.")
-flags.DEFINE_enum("strategy", "auto", list(distribute.STRATEGIES), "tf.distribute "
-                  "strategy: auto (mirrored over local GPUs, else the single default device), "
-                  "mirrored, multi_worker (MultiWorkerMirroredStrategy over the cluster in "
-                  "TF_CONFIG; the chief writes the run's files), one_device.")
+flags.DEFINE_string("strategy", "auto", "tf.distribute strategy: "
+                    "auto (mirrored over local GPUs, else the single default device), "
+                    "mirrored, multi_worker (MultiWorkerMirroredStrategy over the cluster in "
+                    "TF_CONFIG; the chief writes the run's files), one_device.")
 flags.DEFINE_integer("num_cpu_replicas", 1, "Split the CPU into this many logical devices "
                      "(mirrored replicas on a machine without GPUs).")
 flags.DEFINE_integer("steps_per_loop", 10, "Training steps per tf.function call.")
@@ -202,6 +216,11 @@ class Config:
   # Export at the end of training (defaulted so flags.json of older runs still loads).
   export: bool = True
   export_dir: str = ""
+  # Reliability (defaulted so flags.json of older runs still loads).
+  deterministic: bool = False
+  on_nan: str = "stop"
+  on_bad_image: str = "fail"
+  debug_nan_at_step: int = -1
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -232,6 +251,9 @@ def resolve(values):
 
   if raw["method"] not in METHODS:
     raise UserError(f"Unknown --method={raw['method']!r}; valid methods: {', '.join(METHODS)}.")
+  if raw["strategy"] not in distribute.STRATEGIES:
+    raise UserError(f"Unknown --strategy={raw['strategy']!r}; valid strategies: "
+                    f"{', '.join(distribute.STRATEGIES)}.")
   spec = data.get_spec(raw["dataset"], raw["image_size"], raw["channels"], raw["svhn_split"])
   defaults = METHODS[raw["method"]].paper_defaults(spec)
   for key, value in defaults.items():
@@ -347,6 +369,29 @@ def _check_non_negative(raw, *names):
   for name in names:
     if raw[name] is None or raw[name] < 0:
       raise UserError(f"--{name}={raw[name]} must not be negative.")
+
+
+def check_flagfiles(argv):
+  """Refuses flagfile lines that are not flags (absl skips them silently: a typo would change
+  the run without a word); follows nested --flagfile lines."""
+  paths = []
+  for i, arg in enumerate(argv):
+    if arg.startswith(("--flagfile=", "-flagfile=")):
+      paths.append(arg.split("=", 1)[1])
+    elif arg in ("--flagfile", "-flagfile") and i + 1 < len(argv):
+      paths.append(argv[i + 1])
+  for path in paths:
+    try:
+      with open(path) as f:
+        lines = f.read().splitlines()
+    except OSError as e:
+      raise UserError(f"--flagfile={path}: {e.strerror}.") from None
+    for number, line in enumerate(lines, 1):
+      text = line.strip()
+      if text and not text.startswith(("#", "//", "-")):
+        raise UserError(f"--flagfile={path}, line {number}: {text!r} is not a flag; write "
+                        "flags one per line as --name=value (# starts a comment).")
+    check_flagfiles([l.strip() for l in lines])
 
 
 def dataset_spec(config):

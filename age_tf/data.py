@@ -1,11 +1,13 @@
 """Datasets (tfds, scikit-learn digits, image folders) and their tf.data pipelines of images in [-1, 1]."""
 
+import collections
 import dataclasses
 import os
 import socket
 
 import numpy as np
 import tensorflow as tf
+from absl import logging
 
 from age_tf.errors import UserError
 
@@ -205,6 +207,49 @@ def _folder_spec(path, image_size, channels):
                      "folder", path=path, train_files=tuple(train), test_files=tuple(test))
 
 
+def check_folder_images(spec, on_bad_image="fail"):
+  """Decodes every image of a folder: dataset once, before training reads any.
+
+  A file that does not decode fails the run naming it (on_bad_image="fail")
+  or is left out with a warning that counts such files ("skip"). Images whose
+  size is not the training size are resized; a log line says so, with the
+  sizes found. Returns the spec (without the undecodable files when skipping).
+  """
+  files = list(spec.train_files) + list(spec.test_files)
+
+  def probe(index, path):
+    image = tf.io.decode_image(tf.io.read_file(path), channels=spec.channels,
+                               expand_animations=False)
+    return index, tf.shape(image)[:2]
+
+  ds = tf.data.Dataset.from_tensor_slices((tf.range(len(files), dtype=tf.int64), files))
+  ds = ds.map(probe, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+  sizes = {int(i): (int(hw[0]), int(hw[1])) for i, hw in ds.as_numpy_iterator()}
+  bad = [f for i, f in enumerate(files) if i not in sizes]
+  if bad:
+    shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    if on_bad_image == "fail":
+      raise UserError(f"--dataset={spec.name}: {len(bad)} file(s) cannot be read as images: "
+                      f"{shown}. Remove or fix them, or pass --on_bad_image=skip to leave "
+                      "them out.")
+    logging.warning("--dataset=%s: left out %d of %d file(s) that cannot be read as images "
+                    "(--on_bad_image=skip): %s", spec.name, len(bad), len(files), shown)
+    unreadable = set(bad)
+    train = tuple(f for f in spec.train_files if f not in unreadable)
+    test = tuple(f for f in spec.test_files if f not in unreadable)
+    if not train:
+      raise UserError(f"--dataset={spec.name} has no readable training images.")
+    spec = dataclasses.replace(spec, train_files=train, test_files=test,
+                               num_train=len(train), num_test=len(test))
+  counts = collections.Counter(sizes.values())
+  if set(counts) != {(spec.image_size, spec.image_size)}:
+    found = ", ".join(f"{n} of {h}x{w}" for (h, w), n in counts.most_common(5))
+    logging.info("--dataset=%s: images of %d size(s) (%s%s) are resized to %dx%d.", spec.name,
+                 len(counts), found, ", ..." if len(counts) > 5 else "", spec.image_size,
+                 spec.image_size)
+  return spec
+
+
 def _folder_class_dirs(files, spec):
   """Each file's first directory below its split root ("" for a file directly in it)."""
   roots = [os.path.join(spec.path, d) for d in ("train", "val", "valid", "test")] + [spec.path]
@@ -265,14 +310,15 @@ def _fits_in_memory(spec, split):
 
 
 def train_dataset(spec, per_replica_batch, batches_per_step, seed, data_dir=None,
-                  download=True, cache="auto", shuffle_buffer=10000, input_context=None):
+                  download=True, cache="auto", shuffle_buffer=10000, input_context=None,
+                  shuffle_files=True):
   """The training stream: elements of shape (batches_per_step, batch, H, W, C).
 
   Every update of a step gets its own real batch (the authors' encoder and
   generator updates see different batches). Images are float32 in [-1, 1].
   Under a multi-worker strategy each input pipeline reads its own shard.
   """
-  ds = source(spec, "train", data_dir, download, shuffle_files=True)
+  ds = source(spec, "train", data_dir, download, shuffle_files=shuffle_files)
   if input_context is not None and input_context.num_input_pipelines > 1:
     ds = ds.shard(input_context.num_input_pipelines, input_context.input_pipeline_id)
   ds = ds.map(lambda example: example["image"], num_parallel_calls=tf.data.AUTOTUNE)

@@ -1,7 +1,10 @@
 """The training loop: strategy, input, compiled steps, checkpoints, TensorBoard summaries, progress."""
 
+import contextlib
 import os
+import signal
 import sys
+import threading
 import time
 
 import keras
@@ -14,8 +17,10 @@ from age_tf import config as config_lib
 from age_tf import data
 from age_tf import distribute
 from age_tf import images as images_lib
+from age_tf.errors import TrainingStopped
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
+from age_tf.methods import base
 
 NUM_SAMPLES = 64  # 8 x 8 sample grid
 NUM_RECONSTRUCTIONS = 32  # 32 real | reconstruction pairs, 8 x 8 grid
@@ -36,6 +41,8 @@ def train(config, strategy=None):
   every worker resumes from the chief's latest checkpoint.
   """
   spec = config_lib.dataset_spec(config)
+  if spec.source == "folder":
+    spec = data.check_folder_images(spec, config.on_bad_image)
   strategy = strategy or distribute.make_strategy(config.strategy, config.num_cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   if config.batch_size % replicas:
@@ -43,6 +50,9 @@ def train(config, strategy=None):
                     f"replicas; use a multiple of {replicas}.")
   chief = distribute.is_chief(strategy)
   checkpointing.check_compatible(config)
+  if config.deterministic:
+    tf.config.experimental.enable_op_determinism()
+  keras.utils.set_random_seed(config.seed)  # initial weights
   model, step, manager = _restore_or_build(config, strategy, chief)
   start = int(step.numpy())
   logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
@@ -54,21 +64,33 @@ def train(config, strategy=None):
     logging.info("Already trained to step %d (--train_steps=%d); nothing to do.",
                  start, config.train_steps)
     return {}
-  iterator = _input(config, spec, strategy, model, seed=config.seed + start)
+  iterator = _input(config, spec, strategy, model, start)
   figures = _Figures(config, spec, model) if chief else None
   if chief:
-    checkpointing.save_flags(config)
-    writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+    with writing("flags.json", config.model_dir):
+      checkpointing.save_flags(config)
+      _remove_partial_checkpoints(manager.directory)
+      writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
   else:
     writer = tf.summary.create_noop_writer()
   if start == 0:
     if model.data_dependent_init:
       model.initialize_from_data(_mean_image(strategy, iterator))
     if figures:
-      figures.write(writer, 0)
+      with writing("images", config.model_dir):
+        figures.write(writer, 0)
+  # A signal is handled (the current step finishes, a checkpoint is written)
+  # on one machine; under multi_worker a worker's signal cannot stop the
+  # others' collectives, so there the default (exit, resume from the last
+  # checkpoint) stays.
+  interrupts = _Interrupts() if config.strategy != "multi_worker" else None
   try:
-    last = _run(config, model, step, manager, iterator, figures, writer,
-                compile_train_steps(strategy, model, step))
+    with interrupts or contextlib.nullcontext():
+      run_steps = compile_train_steps(
+          strategy, model, step, stop=interrupts.requested if interrupts else None,
+          on_nan=config.on_nan, nan_at_step=config.debug_nan_at_step)
+      last = _run(config, model, step, manager, iterator, figures, writer, run_steps,
+                  interrupts)
   finally:
     if not chief and tf.io.gfile.exists(manager.directory):
       tf.io.gfile.rmtree(manager.directory)
@@ -105,17 +127,30 @@ def _restore_or_build(config, strategy, chief=True):
   return model, step, manager
 
 
-def _input(config, spec, strategy, model, seed):
-  """The distributed training iterator; each input pipeline reads its own shard."""
+def _input(config, spec, strategy, model, start):
+  """The distributed training iterator; each input pipeline reads its own shard.
+
+  A resumed run must not replay the first batches. By default the data order
+  is reseeded with the start step (no cost). With --deterministic the order
+  is the uninterrupted run's: the same seed, and the elements the first
+  `start` steps (and the data-dependent initialisation) used are skipped.
+  """
+  seed, consumed = config.seed + start, 0
+  if config.deterministic:
+    seed = config.seed
+    if start:  # the first run's mean image took one element too
+      consumed = start + (1 if model.data_dependent_init else 0)
 
   def dataset_fn(input_context):
-    return data.train_dataset(
+    ds = data.train_dataset(
         spec, input_context.get_per_replica_batch_size(config.batch_size),
         model.batches_per_step, seed=seed, data_dir=config.data_dir or None,
         download=config.download, cache=config.cache, shuffle_buffer=config.shuffle_buffer,
-        input_context=input_context)
+        input_context=input_context, shuffle_files=not config.deterministic)
+    # Each step takes one element per replica this pipeline feeds.
+    per_step = input_context.num_replicas_in_sync // input_context.num_input_pipelines
+    return ds.skip(consumed * per_step) if consumed else ds
 
-  # Reseeded with the start step, so a resumed run does not replay the first batches.
   return iter(strategy.distribute_datasets_from_function(dataset_fn))
 
 
@@ -126,7 +161,7 @@ def _mean_image(strategy, iterator):
   return strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
 
 
-def _run(config, model, step, manager, iterator, figures, writer, run_steps):
+def _run(config, model, step, manager, iterator, figures, writer, run_steps, interrupts=None):
   """Runs chunks of steps up to each summary, image and checkpoint boundary."""
   current = int(step.numpy())
   progress = _Progress(config.train_steps, current, model.progress_keys)
@@ -134,61 +169,220 @@ def _run(config, model, step, manager, iterator, figures, writer, run_steps):
                config.steps_per_loop)
   logged, last = _Accumulator(), {}
   timed_steps, timed_seconds, first_chunk = 0, 0.0, True
+  skipped = 0
   while current < config.train_steps:
     boundary = min([(current // k + 1) * k for k in intervals] + [config.train_steps])
-    num_steps = boundary - current
     began = time.perf_counter()
-    means = {k: float(v) for k, v in run_steps(iterator, tf.constant(num_steps)).items()}
+    outputs = run_steps(iterator, tf.constant(boundary - current))
     seconds = time.perf_counter() - began
+    status = {k: outputs.pop(k).numpy() for k in STATUS_KEYS}
+    means = {k: float(v) for k, v in outputs.items()}
+    num_steps, finite_steps = int(status["steps"]), int(status["finite_steps"])
     current += num_steps
+    if status["first_bad_step"] >= 0:
+      bad = {name: float(value) for name, value in zip(model.metric_names, status["bad_values"])
+             if not np.isfinite(value)}
+      if config.on_nan == "stop":
+        raise TrainingStopped(_nan_message(int(status["first_bad_step"]), bad, manager), 1)
+      skipped += num_steps - finite_steps
+      logging.warning("Skipped %d step(s) with non-finite losses up to step %d (first: step %d, "
+                      "%s); %d skipped in this run (--on_nan=skip).", num_steps - finite_steps,
+                      current, int(status["first_bad_step"]), _describe(bad), skipped)
     if not first_chunk:  # the first call includes tracing
       timed_steps, timed_seconds = timed_steps + num_steps, timed_seconds + seconds
     first_chunk = False
-    logged.add(means, num_steps)
+    if finite_steps:
+      logged.add(means, finite_steps)
     done = current == config.train_steps
-    if current % config.log_every == 0 or done:
+    stopping = interrupts is not None and interrupts.signal_name is not None
+    if current % config.log_every == 0 or done or stopping:
       perf = {}
       if timed_seconds:
         rate = timed_steps / timed_seconds
         perf = {"perf/steps_per_sec": rate, "perf/images_per_sec": rate * config.batch_size}
+      if config.on_nan == "skip":
+        perf["nan/skipped_steps"] = float(skipped)
       last = dict(logged.means(), **perf)
       _write_scalars(writer, current, last, model)
       progress.log(current, last)
       logged, timed_steps, timed_seconds = _Accumulator(), 0, 0.0
     progress.update(current, means)
-    if figures and (current % config.image_every == 0 or done):
-      figures.write(writer, current)
-    if current % config.checkpoint_every == 0 or done:
-      manager.save(checkpoint_number=current)
+    if figures and (current % config.image_every == 0 or done or stopping):
+      with writing("images", config.model_dir):
+        figures.write(writer, current)
+    if current % config.checkpoint_every == 0 or done or stopping:
+      with writing("a checkpoint", manager.directory):
+        manager.save(checkpoint_number=current)
+    if stopping:
+      writer.flush()
+      progress.finish()
+      raise TrainingStopped(
+          f"Stopped by {interrupts.signal_name} after step {current} of {config.train_steps}; "
+          f"checkpoint {manager.latest_checkpoint} written. Run the same command to resume.",
+          128 + interrupts.signal_number)
   writer.flush()
   progress.finish()
   return last
 
 
-def compile_train_steps(strategy, model, step):
-  """A tf.function running N train steps in a tf.range loop; returns their mean metrics.
+def _describe(bad):
+  return ", ".join(f"{name} = {value}" for name, value in bad.items()) or "a non-finite metric"
 
-  Each replica stacks its metrics into one vector, so a step costs a single
+
+def _nan_message(bad_step, bad, manager):
+  latest = manager.latest_checkpoint
+  kept = (f"the last good checkpoint, {latest}, is kept; rerunning the command resumes from it"
+          if latest else "no checkpoint was written yet")
+  return (f"Step {bad_step}: {_describe(bad)}. Training stopped (--on_nan=stop) and wrote "
+          f"nothing after step {bad_step - 1}; {kept}. Lower --learning_rate, or use "
+          "--on_nan=skip to skip such steps.")
+
+
+@contextlib.contextmanager
+def writing(what, directory):
+  """Turns a failed write (full disk, read-only or missing directory) into one clear error."""
+  try:
+    yield
+  except (tf.errors.OpError, OSError) as e:
+    reason = getattr(e, "message", None) or getattr(e, "strerror", None) or str(e)
+    raise UserError(f"Could not write {what} under {directory}: {reason.splitlines()[0]}. "
+                    "Free some space or fix the directory's permissions (or use another "
+                    "--model_dir); the checkpoints already written are intact.") from None
+
+
+def _remove_partial_checkpoints(directory):
+  """Removes what a killed save left (ckpt-N_temp directories); such files are never read."""
+  if tf.io.gfile.isdir(directory):
+    for name in tf.io.gfile.listdir(directory):
+      if "_temp" in name:
+        tf.io.gfile.rmtree(os.path.join(directory, name.rstrip("/")))
+
+
+STATUS_KEYS = ("steps", "finite_steps", "first_bad_step", "bad_values")
+
+
+class _Interrupts:
+  """SIGINT and SIGTERM set a variable the compiled loop reads before every step.
+
+  A Python signal handler runs only between TensorFlow calls, so a thread
+  woken through signal.set_wakeup_fd sets the variable at once, while the
+  compiled loop is running: the step in progress finishes, the loop stops.
+  """
+
+  SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+  def __init__(self):
+    self.requested = tf.Variable(False, trainable=False, name="stop_requested")
+    self.signal_name = None
+    self.signal_number = 0
+    self._previous = None
+
+  def _set(self, number):
+    if self.signal_name is None:
+      self.signal_number = number
+      self.signal_name = signal.Signals(number).name
+    self.requested.assign(True)
+
+  def _handler(self, number, frame):
+    del frame
+    self._set(number)
+
+  def _watch(self, read_fd):
+    while True:
+      try:
+        received = os.read(read_fd, 64)
+      except OSError:
+        return
+      if not received:
+        return
+      for number in received:
+        if number in self.SIGNALS:
+          self._set(number)
+
+  def __enter__(self):
+    if threading.current_thread() is not threading.main_thread():
+      return self
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    self._fds = (read_fd, write_fd)
+    self._previous = {s: signal.signal(s, self._handler) for s in self.SIGNALS}
+    self._previous_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    threading.Thread(target=self._watch, args=(read_fd,), daemon=True,
+                     name="age_tf-signals").start()
+    return self
+
+  def __exit__(self, *exc):
+    if self._previous is None:
+      return
+    signal.set_wakeup_fd(self._previous_wakeup)
+    for s, handler in self._previous.items():
+      signal.signal(s, handler)
+    os.close(self._fds[1])  # the watcher reads end-of-file and returns
+
+
+def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_step=-1):
+  """A tf.function running up to N train steps in a tf.range loop.
+
+  Returns the mean of each metric over the steps whose metrics were all
+  finite, and STATUS_KEYS: how many steps ran, how many were finite, the
+  first non-finite step's number (-1: none) and its metrics. Each replica
+  stacks its metrics into one vector, so a step costs a single
   cross-replica reduction however many metrics the method reports.
+
+  The loop ends early before a step when `stop` (a bool variable) is set,
+  and, with on_nan="stop", after the first non-finite step. With
+  on_nan="skip" a non-finite step's updates are not applied
+  (BidirectionalModel.apply_gradients) and the BatchNorm statistics its
+  forward passes changed are restored. nan_at_step >= 1 replaces that step's
+  real images with NaN (the test hook of --debug_nan_at_step).
   """
   names = model.metric_names
+  skip = on_nan == "skip"
+  state = model.state_variables() if skip else []
 
   def replica_step(images):
+    if nan_at_step >= 1:
+      images = tf.where(step + 1 == nan_at_step, tf.fill(tf.shape(images), float("nan")),
+                        images)
+    saved = [tf.identity(v.value) for v in state]
     with model.step_draws(step):
       outputs = model.train_step(images)
     if set(outputs) != set(names):
       raise ValueError(f"train_step returned {sorted(outputs)}, not metric_names {names}")
-    return tf.stack([tf.cast(outputs[k], tf.float32) for k in names])
+    vector = tf.stack([tf.cast(outputs[k], tf.float32) for k in names])
+    if state:
+      finite = base.all_replicas(tf.reduce_all(tf.math.is_finite(vector)))
+      for variable, before in zip(state, saved):
+        variable.assign(tf.where(finite, variable.value, before))
+    return vector
 
   @tf.function
   def run_steps(iterator, num_steps):
     sums = tf.zeros([len(names)])
+    steps, finite_steps = tf.constant(0), tf.constant(0)
+    first_bad_step = tf.constant(-1, tf.int64)
+    bad_values = tf.zeros([len(names)])
     for _ in tf.range(num_steps):
+      if stop is not None and stop:
+        break
       per_replica = strategy.run(replica_step, args=(next(iterator),))
-      sums += strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
+      vector = strategy.reduce(tf.distribute.ReduceOp.MEAN, per_replica, axis=None)
       step.assign_add(1)
-    means = sums / tf.cast(num_steps, tf.float32)
-    return {k: means[i] for i, k in enumerate(names)}
+      steps += 1
+      finite = tf.reduce_all(tf.math.is_finite(vector))
+      if finite:
+        sums += vector
+        finite_steps += 1
+      elif first_bad_step < 0:
+        first_bad_step = tf.identity(step.read_value())
+        bad_values = vector
+      if not skip and first_bad_step >= 0:
+        break
+    means = sums / tf.cast(tf.maximum(finite_steps, 1), tf.float32)
+    outputs = {k: means[i] for i, k in enumerate(names)}
+    outputs.update(steps=steps, finite_steps=finite_steps, first_bad_step=first_bad_step,
+                   bad_values=bad_values)
+    return outputs
 
   return run_steps
 

@@ -12,10 +12,16 @@ from age_tf import config as config_lib
 from age_tf import distribute
 from age_tf import export
 from age_tf import loop
+from age_tf.errors import TrainingStopped
 from age_tf.errors import UserError
 
 
 def main(argv):
+  try:
+    config_lib.check_flagfiles(sys.argv)
+  except UserError as e:
+    sys.stderr.write(f"error: {e}\n")
+    sys.exit(2)
   if len(argv) > 1:
     raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
@@ -29,6 +35,9 @@ def main(argv):
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)
+  except TrainingStopped as e:
+    sys.stderr.write(f"{e}\n")
+    sys.exit(e.exit_code)
 
 
 def run():

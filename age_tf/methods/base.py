@@ -92,6 +92,44 @@ class EpochStepDecay(keras.optimizers.schedules.LearningRateSchedule):
                 decay_epochs=self.decay_epochs, factor=self.factor)
 
 
+def all_replicas(condition):
+  """`condition` (a scalar bool) and-ed over every replica in sync (itself on one device)."""
+  context = tf.distribute.get_replica_context()
+  if context is None or context.num_replicas_in_sync == 1:
+    return condition
+  failures = context.all_reduce(tf.distribute.ReduceOp.SUM,
+                                tf.cast(tf.logical_not(condition), tf.float32))
+  return failures < 0.5
+
+
+def apply_if(condition, optimizer, grads, variables):
+  """optimizer.apply(grads, variables) only where `condition` holds on every replica.
+
+  MirroredStrategy cannot take a cond in replica context whose branch calls
+  merge_call (as optimizer.apply does), so there the cond runs in
+  cross-replica context, as keras.optimizers.LossScaleOptimizer does.
+  """
+  condition = all_replicas(condition)
+
+  def skip():
+    return None
+
+  if tf.__internal__.distribute.strategy_supports_no_merge_call():
+    keras.ops.cond(condition, lambda: optimizer.apply(grads, variables) and None, skip)
+    return
+
+  def cross_replica(distribution, grads, variables, condition):
+    first = distribution.experimental_local_results(condition)[0]
+
+    def apply():
+      distribution.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
+
+    keras.ops.cond(first, apply, skip)
+
+  tf.distribute.get_replica_context().merge_call(cross_replica,
+                                                 args=(grads, variables, condition))
+
+
 def adam(config, updates_per_step, name):
   """Adam with the run's betas and epsilon (the authors': 0.5, 0.999, 1e-8) and schedule."""
   schedule = EpochStepDecay(config.learning_rate, config.steps_per_epoch * updates_per_step,
@@ -206,10 +244,26 @@ class BidirectionalModel(keras.Model):
     return self.reconstruct(images, training)
 
   def apply_gradients(self, optimizer, tape, loss, variables):
-    """Gradients of this replica's share of `loss`, applied (summed over replicas)."""
+    """Gradients of this replica's share of `loss`, applied (summed over replicas).
+
+    With --on_nan=skip an update whose loss or gradients hold a NaN or Inf on
+    any replica is not applied at all (weights, optimizer moments and its
+    update count stay as they were), on every replica alike.
+    """
     grads = tape.gradient(loss, variables,
                           output_gradients=tf.constant(1.0 / self.num_replicas, loss.dtype))
-    optimizer.apply(grads, variables)
+    if getattr(self.config, "on_nan", "stop") != "skip":
+      optimizer.apply(grads, variables)
+      return
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
+                            for t in [loss] + [g for g in grads if g is not None]])
+    apply_if(finite, optimizer, grads, variables)
+
+  def state_variables(self):
+    """The networks' non-trainable state a forward pass updates (BatchNorm statistics, the
+    spectral norm's power-iteration vectors): what --on_nan=skip restores after a bad step."""
+    return [v for item in self.checkpoint_items().values() if isinstance(item, keras.Layer)
+            for v in item.non_trainable_variables]
 
   def checkpoint_items(self):
     """What a checkpoint holds for this method: networks, optimizers, random state."""

@@ -1,0 +1,311 @@
+"""Crashes, signals, NaNs, bad input and a full disk: what a run keeps and what it says."""
+
+import glob
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+from conftest import ROOT, read_events, run_module
+
+from age_tf import checkpointing
+
+# A small, fast digits model: every run here trains seconds, not minutes.
+SMALL = ("--dataset=digits", "--width=4", "--batch_size=16")
+
+
+def train(model_dir, *args, timeout=600):
+  return run_module("age_tf.train", *SMALL, f"--model_dir={model_dir}", *args, timeout=timeout)
+
+
+def start_training(model_dir, *args):
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  return subprocess.Popen([sys.executable, "-m", "age_tf.train", *SMALL,
+                           f"--model_dir={model_dir}", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def wait_for(predicate, process, timeout=300, poll=0.05):
+  """Polls until predicate() holds; fails if the process ends or time runs out first."""
+  deadline = time.monotonic() + timeout
+  while not predicate():
+    if process.poll() is not None:
+      _, err = process.communicate()
+      pytest.fail(f"training ended (rc {process.returncode}) before the awaited state:\n"
+                  f"{err[-3000:]}")
+    if time.monotonic() > deadline:
+      process.kill()
+      pytest.fail("timed out waiting for the training process")
+    time.sleep(poll)
+
+
+def checkpoint_steps(model_dir):
+  return sorted(int(p.rsplit("-", 1)[1].split(".")[0])
+                for p in glob.glob(os.path.join(model_dir, "checkpoints", "ckpt-*.index")))
+
+
+def load_variables(model_dir):
+  config, model, step = checkpointing.load_model(model_dir)
+  return step, {v.path: v.numpy() for v in model.variables}
+
+
+def assert_one_line_error(result, *fragments, returncode=2):
+  assert result.returncode == returncode, (result.returncode, result.stderr[-3000:])
+  assert "Traceback" not in result.stderr, result.stderr[-3000:]
+  errors = [line for line in result.stderr.splitlines()
+            if line.startswith(("error:", "FATAL Flags parsing error"))]
+  assert len(errors) == 1, result.stderr[-3000:]
+  for fragment in fragments:
+    assert fragment in errors[0], errors[0]
+
+
+# ---------------------------------------------------------------- crashes and signals
+
+
+def test_sigkill_at_random_points_then_the_same_command_completes(tmp_path):
+  """Killed mid-step, mid-checkpoint or mid-export three times; the rerun finishes the job."""
+  model_dir = str(tmp_path / "run")
+  args = ("--train_steps=40", "--checkpoint_every=2", "--steps_per_loop=2", "--log_every=2",
+          "--image_every=4")
+  seed = int(os.environ.get("AGE_TF_KILL_SEED", time.time_ns() % 10000))
+  rng = random.Random(seed)
+  kills = []
+  for _ in range(3):
+    process = start_training(model_dir, *args)
+    # Once the run writes (flags.json is its first file), kill it at a random moment.
+    wait_for(lambda: os.path.exists(os.path.join(model_dir, "flags.json")), process)
+    time.sleep(rng.uniform(0.0, 4.0))
+    process.kill()
+    process.communicate()
+    kills.append(checkpoint_steps(model_dir)[-1:] or [0])
+  print(f"kill seed {seed}; latest checkpoint after each kill: {kills}")
+  result = train(model_dir, *args)
+  assert result.returncode == 0, result.stderr[-5000:]
+  assert checkpoint_steps(model_dir)[-1] == 40
+  assert not glob.glob(os.path.join(model_dir, "checkpoints", "*_temp*"))
+  step, variables = load_variables(model_dir)
+  assert step == 40 and all(np.all(np.isfinite(v)) for v in variables.values())
+  versions = [d for d in os.listdir(os.path.join(model_dir, "export")) if d.isdigit()]
+  assert versions and all(os.path.exists(os.path.join(model_dir, "export", v, "saved_model.pb"))
+                          for v in versions)
+  evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--metrics=recon")
+  assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+  metrics = json.load(open(os.path.join(model_dir, "eval", "40", "metrics.json")))
+  assert np.isfinite(metrics["metrics"]["recon/pixel_mse"])
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_a_signal_ends_the_step_writes_a_checkpoint_and_exits(sig, tmp_path):
+  model_dir = str(tmp_path / "run")
+  # Compiled calls of 50 steps (to each checkpoint): the signal has to stop one from inside.
+  every = "100000"
+  process = start_training(model_dir, f"--train_steps={every}", f"--steps_per_loop={every}",
+                           f"--log_every={every}", "--checkpoint_every=50",
+                           f"--image_every={every}", "--noexport")
+  wait_for(lambda: checkpoint_steps(model_dir), process)  # step 50: training is running
+  time.sleep(1)
+  process.send_signal(sig)
+  _, err = process.communicate(timeout=120)
+  assert process.returncode == 128 + sig, err[-3000:]
+  last = checkpoint_steps(model_dir)[-1]
+  assert 50 <= last < 100000
+  assert (f"Stopped by {signal.Signals(sig).name} after step {last} of 100000; "
+          f"checkpoint {model_dir}/checkpoints/ckpt-{last} written") in err
+  assert "Traceback" not in err
+  resumed = train(model_dir, f"--train_steps={last + 2}", "--noexport")
+  assert resumed.returncode == 0, resumed.stderr[-3000:]
+  assert f"resuming at step {last}" in resumed.stderr
+
+
+@pytest.mark.parametrize("method", ["age", "gali4"])
+def test_deterministic_resume_ends_with_the_same_weights_to_the_bit(method, tmp_path):
+  """2N steps in one go == N steps, SIGKILL, resume to 2N (--deterministic, CPU)."""
+  args = (f"--method={method}", "--deterministic", "--train_steps=60", "--checkpoint_every=20",
+          "--log_every=20", "--noexport")
+  straight = str(tmp_path / "straight")
+  result = train(straight, *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+
+  resumed = str(tmp_path / "resumed")
+  process = start_training(resumed, *args)
+  wait_for(lambda: checkpoint_steps(resumed), process, poll=0.02)
+  process.kill()
+  process.communicate()
+  killed_at = checkpoint_steps(resumed)[-1]
+  result = train(resumed, *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert killed_at < 60 and f"resuming at step {killed_at}" in result.stderr
+
+  step_a, weights_a = load_variables(straight)
+  step_b, weights_b = load_variables(resumed)
+  assert step_a == step_b == 60 and weights_a.keys() == weights_b.keys()
+  differ = [k for k in weights_a if not np.array_equal(weights_a[k], weights_b[k])]
+  assert not differ, f"{len(differ)} of {len(weights_a)} variables differ, e.g. {differ[:3]}"
+
+
+# ---------------------------------------------------------------- NaN and Inf
+
+
+def test_nan_stops_training_naming_the_step_and_keeps_the_last_good_checkpoint(tmp_path):
+  model_dir = str(tmp_path / "run")
+  result = train(model_dir, "--train_steps=30", "--checkpoint_every=10", "--log_every=10",
+                 "--debug_nan_at_step=17", "--noexport")
+  assert result.returncode == 1, result.stderr[-3000:]
+  assert "Traceback" not in result.stderr
+  assert "Step 17: encoder/loss = nan" in result.stderr
+  assert f"the last good checkpoint, {model_dir}/checkpoints/ckpt-10, is kept" in result.stderr
+  assert checkpoint_steps(model_dir) == [10]
+  step, variables = load_variables(model_dir)
+  assert step == 10 and all(np.all(np.isfinite(v)) for v in variables.values())
+
+
+@pytest.mark.parametrize("method,replicas", [("age", 1), ("gali4", 2)])
+def test_nan_skip_leaves_the_update_out_counts_it_and_trains_on(method, replicas, tmp_path):
+  model_dir = str(tmp_path / "run")
+  result = train(model_dir, f"--method={method}", f"--num_cpu_replicas={replicas}",
+                 "--train_steps=20", "--log_every=10", "--debug_nan_at_step=7",
+                 "--on_nan=skip", "--noexport")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Skipped 1 step(s) with non-finite losses up to step 10 (first: step 7" in result.stderr
+  step, variables = load_variables(model_dir)
+  # Weights, optimizer moments and BatchNorm statistics all stayed finite.
+  assert step == 20 and all(np.all(np.isfinite(v)) for v in variables.values())
+  skipped = {e.step: float(tf.make_ndarray(e.tensor_proto))
+             for e in read_events(model_dir).Tensors("nan/skipped_steps")}
+  assert skipped == {10: 1.0, 20: 1.0}
+
+
+# ---------------------------------------------------------------- bad input
+
+
+@pytest.mark.parametrize("args,fragments", [
+    (("--dataset=imagenet",), ("Unknown --dataset='imagenet'", "valid datasets: ", "digits")),
+    (("--strategy=tpu",), ("Unknown --strategy='tpu'",
+                           "valid strategies: auto, mirrored, multi_worker, one_device")),
+    (("--method=vae",), ("Unknown --method='vae'", "valid methods: age, ali")),
+])
+def test_unknown_names_are_refused_listing_the_valid_ones(args, fragments, tmp_path):
+  result = run_module("age_tf.train", *args, f"--model_dir={tmp_path}", timeout=120)
+  assert_one_line_error(result, *fragments)
+
+
+def test_a_folder_without_images_is_refused(tmp_path):
+  (tmp_path / "empty" / "sub").mkdir(parents=True)
+  (tmp_path / "empty" / "notes.txt").write_text("no images here")
+  result = run_module("age_tf.train", f"--dataset=folder:{tmp_path / 'empty'}",
+                      f"--model_dir={tmp_path / 'run'}", timeout=120)
+  assert_one_line_error(result, "has no training images")
+
+
+def _folder_of_mixed_sizes_with_a_corrupt_file(root):
+  (root / "train").mkdir(parents=True)
+  rng = np.random.default_rng(0)
+  for i in range(12):
+    size = (20, 24) if i % 2 else (40, 36)
+    Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(
+        root / "train" / f"{i}.png")
+  (root / "train" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n truncated")
+  return root
+
+
+def test_a_corrupt_image_fails_the_run_naming_the_file(tmp_path):
+  folder = _folder_of_mixed_sizes_with_a_corrupt_file(tmp_path / "images")
+  result = run_module("age_tf.train", f"--dataset=folder:{folder}", "--width=4",
+                      "--batch_size=4", "--train_steps=2", f"--model_dir={tmp_path / 'run'}",
+                      timeout=300)
+  assert_one_line_error(result, "1 file(s) cannot be read as images", "broken.png",
+                        "--on_bad_image=skip")
+  assert not os.path.exists(tmp_path / "run")
+
+
+def test_corrupt_images_are_skipped_and_counted_and_mixed_sizes_resized(tmp_path):
+  folder = _folder_of_mixed_sizes_with_a_corrupt_file(tmp_path / "images")
+  result = run_module("age_tf.train", f"--dataset=folder:{folder}", "--width=4",
+                      "--batch_size=4", "--train_steps=2", "--on_bad_image=skip", "--noexport",
+                      f"--model_dir={tmp_path / 'run'}", timeout=300)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "left out 1 of 13 file(s) that cannot be read as images" in result.stderr
+  resized = [l for l in result.stderr.splitlines() if "are resized to 32x32" in l]
+  assert len(resized) == 1 and "images of 2 size(s)" in resized[0], result.stderr[-3000:]
+  assert "6 of 20x24" in resized[0] and "6 of 40x36" in resized[0]
+
+
+@pytest.mark.parametrize("change", ["--method=gali4", "--latent_dim=5", "--image_size=64"])
+def test_a_model_dir_of_another_model_is_refused(change, tmp_path):
+  model_dir = str(tmp_path / "run")
+  assert train(model_dir, "--train_steps=1", "--noexport").returncode == 0
+  result = train(model_dir, "--train_steps=2", "--noexport", change)
+  flag = change.split("=")[0]
+  assert_one_line_error(result, "holds checkpoints of a different model", f"{flag}=",
+                        "Use a new --model_dir")
+  assert checkpoint_steps(model_dir) == [1]
+
+
+def test_a_malformed_flagfile_is_refused_naming_the_line(tmp_path):
+  flagfile = tmp_path / "run.cfg"
+  flagfile.write_text("# digits\n--train_steps=2\nmethod=age\n")
+  result = run_module("age_tf.train", f"--flagfile={flagfile}", f"--model_dir={tmp_path}",
+                      timeout=120)
+  assert_one_line_error(result, f"--flagfile={flagfile}, line 3: 'method=age' is not a flag")
+  # absl reads flagfiles before age_tf runs: its parsing errors exit with 1.
+  result = run_module("age_tf.train", f"--flagfile={tmp_path / 'missing.cfg'}", timeout=120)
+  assert_one_line_error(result, "missing.cfg", "No such file or directory", returncode=1)
+
+
+# ---------------------------------------------------------------- unwritable and full disks
+
+
+def _mount_tmpfs(path, options):
+  path.mkdir(parents=True, exist_ok=True)
+  result = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                          capture_output=True, text=True)
+  if result.returncode:
+    pytest.skip(f"cannot mount a tmpfs here ({result.stderr.strip() or 'not permitted'}); "
+                "this needs root or CAP_SYS_ADMIN")
+
+
+def _unmount(path):
+  subprocess.run(["umount", "-l", str(path)], capture_output=True)
+
+
+def test_a_read_only_model_dir_is_refused_before_training(tmp_path):
+  disk = tmp_path / "ro"
+  if os.geteuid() == 0:  # root writes through permissions: use a read-only filesystem
+    _mount_tmpfs(disk, "size=1m,ro")
+  else:
+    disk.mkdir()
+    disk.chmod(0o555)
+  try:
+    result = train(str(disk / "run"), "--train_steps=2", timeout=120)
+    assert_one_line_error(result, "Could not write flags.json under", "Read-only file system"
+                          if os.geteuid() == 0 else "Permission denied")
+  finally:
+    if os.geteuid() == 0:
+      _unmount(disk)
+
+
+def test_a_full_disk_fails_clearly_and_the_previous_checkpoint_still_loads(tmp_path):
+  disk = tmp_path / "disk"
+  _mount_tmpfs(disk, "size=4m")
+  try:
+    model_dir = str(disk / "run")
+    assert train(model_dir, "--train_steps=4", "--noexport").returncode == 0
+    # Fill the disk but for a few kilobytes: flags.json fits, a checkpoint does not.
+    stat = os.statvfs(disk)
+    with open(disk / "filler", "wb") as f:
+      f.write(b"\0" * (stat.f_bavail * stat.f_frsize - 16 * 1024))
+    result = train(model_dir, "--train_steps=8", "--checkpoint_every=2", "--noexport")
+    assert_one_line_error(result, "Could not write", "No space left on device",
+                          "the checkpoints already written are intact")
+    step, variables = load_variables(model_dir)
+    assert step == 4 and all(np.all(np.isfinite(v)) for v in variables.values())
+  finally:
+    _unmount(disk)
