@@ -288,16 +288,18 @@ class _Interrupts:
     self._set(number)
 
   def _watch(self, read_fd):
-    while True:
-      try:
+    try:
+      while True:
         received = os.read(read_fd, 64)
-      except OSError:
-        return
-      if not received:
-        return
-      for number in received:
-        if number in self.SIGNALS:
-          self._set(number)
+        if not received:  # __exit__ closed the write end
+          return
+        for number in received:
+          if number in self.SIGNALS:
+            self._set(number)
+    except OSError:
+      return
+    finally:
+      os.close(read_fd)
 
   def __enter__(self):
     if threading.current_thread() is not threading.main_thread():
