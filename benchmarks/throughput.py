@@ -11,10 +11,20 @@ loop and --strategy as training (loop.compile_train_steps) after a warm-up
 call that traces it; each replica gets its share of the global batch. The input is a fixed in-memory batch of the
 dataset's shape (no download needed; the cost of a step does not depend on
 pixel values). Prints a markdown table row per dataset.
+
+FLOPs per step are counted from the graph of one training step at the global
+batch (TensorFlow's profiler: Conv2D, its two backprop ops, MatMul; the
+elementwise ops are not counted), so GFLOP/s is the rate of the convolution
+and matmul work. The same process measures the machine's float32 peaks (a
+2048x2048 matmul and a 3x3 convolution of 64x32x32x128 to 128 channels,
+medians of 5), so the ratio to the peak compares like with like on a
+machine whose speed varies from day to day. Peak RSS is the process's
+maximum resident set size at the end.
 """
 
 import os
 import platform
+import resource
 import sys
 import time
 
@@ -59,6 +69,48 @@ def time_dataset(config):
   return np.array(seconds), replicas
 
 
+def flops_per_step(config):
+  """Floating-point operations of one training step at the global batch, from its graph."""
+  from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
+  from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+  model = METHODS[config.method].from_config(config)
+  model.build_optimizers()
+  step = tf.Variable(0, dtype=tf.int64)
+  shape = (model.batches_per_step, config.batch_size, config.image_size, config.image_size,
+           config.channels)
+
+  @tf.function
+  def one_step(images):
+    with model.step_draws(step):
+      return model.train_step(images)
+
+  graph = one_step.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
+  options = option_builder.ProfileOptionBuilder.float_operation()
+  options["output"] = "none"
+  return model_analyzer.profile(graph, options=options).total_float_ops
+
+
+def _median_seconds(fn, *args, repeats=5):
+  fn(*args).numpy()  # trace and warm up
+  seconds = []
+  for _ in range(repeats):
+    began = time.perf_counter()
+    fn(*args).numpy()
+    seconds.append(time.perf_counter() - began)
+  return float(np.median(seconds))
+
+
+def machine_peaks():
+  """float32 GFLOP/s of a 2048^2 matmul and of a 3x3 convolution, measured now."""
+  a = tf.random.stateless_normal([2048, 2048], [1, 2])
+  matmul = 2 * 2048 ** 3 / _median_seconds(tf.function(tf.matmul), a, a) / 1e9
+  x = tf.random.stateless_normal([64, 32, 32, 128], [3, 4])
+  k = tf.random.stateless_normal([3, 3, 128, 128], [5, 6])
+  conv_fn = tf.function(lambda x, k: tf.nn.conv2d(x, k, 1, "SAME"))
+  conv = 2 * 64 * 32 * 32 * 3 * 3 * 128 * 128 / _median_seconds(conv_fn, x, k) / 1e9
+  return matmul, conv
+
+
 def _cpu_model():
   try:
     with open("/proc/cpuinfo") as f:
@@ -75,17 +127,22 @@ def main(argv):
   config = config_lib.from_flags()
   seconds, replicas = time_dataset(config)
   median = float(np.median(seconds))
+  gflop = flops_per_step(config) / 1e9
+  matmul_peak, conv_peak = machine_peaks()
+  rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
   print(f"machine: {_cpu_model()}, {os.cpu_count()} CPUs, "
         f"TensorFlow {tf.__version__}, intra-op threads "
         f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
+  print(f"measured now: float32 matmul {matmul_peak:.0f} GFLOP/s, conv {conv_peak:.0f} GFLOP/s")
   print("| method | dataset | replicas | batch | image | M | width | s/step median | range | "
-        "steps/s | images/s |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
+        "steps/s | images/s | GFLOP/step | GFLOP/s | of conv peak | peak RSS (MiB) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   print(f"| {config.method} | {config.dataset} | {replicas} | {config.batch_size} | "
         f"{config.image_size}x{config.image_size}x"
         f"{config.channels} | {config.latent_dim} | {config.width} | {median:.3f} | "
         f"{seconds.min():.3f}-{seconds.max():.3f} | {1 / median:.2f} | "
-        f"{config.batch_size / median:.0f} |")
+        f"{config.batch_size / median:.0f} | {gflop:.1f} | {gflop / median:.0f} | "
+        f"{gflop / median / conv_peak:.0%} | {rss_mib:.0f} |")
 
 
 if __name__ == "__main__":
