@@ -17,15 +17,12 @@ from age_tf.errors import UserError
 
 
 def main(argv):
-  try:
-    config_lib.check_flagfiles(sys.argv)
-  except UserError as e:
-    sys.stderr.write(f"error: {e}\n")
-    sys.exit(2)
-  if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
   logging.set_verbosity(logging.INFO)
   try:
+    # First: absl passes a flagfile line that is not a flag on as an argument.
+    config_lib.check_flagfiles(sys.argv)
+    if len(argv) > 1:
+      raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     config = config_lib.from_flags()
     # Before TensorFlow starts any work (logical CPU devices, cluster set-up).
     strategy = distribute.make_strategy(config.strategy, config.num_cpu_replicas)

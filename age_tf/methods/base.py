@@ -111,20 +111,23 @@ def apply_if(condition, optimizer, grads, variables):
   """
   condition = all_replicas(condition)
 
+  def apply():
+    optimizer.apply(grads, variables)
+
   def skip():
-    return None
+    pass
 
   if tf.__internal__.distribute.strategy_supports_no_merge_call():
-    keras.ops.cond(condition, lambda: optimizer.apply(grads, variables) and None, skip)
+    keras.ops.cond(condition, apply, skip)
     return
 
   def cross_replica(distribution, grads, variables, condition):
     first = distribution.experimental_local_results(condition)[0]
 
-    def apply():
+    def apply_on_each_replica():
       distribution.extended.call_for_each_replica(optimizer.apply, args=(grads, variables))
 
-    keras.ops.cond(first, apply, skip)
+    keras.ops.cond(first, apply_on_each_replica, skip)
 
   tf.distribute.get_replica_context().merge_call(cross_replica,
                                                  args=(grads, variables, condition))
@@ -252,7 +255,7 @@ class BidirectionalModel(keras.Model):
     """
     grads = tape.gradient(loss, variables,
                           output_gradients=tf.constant(1.0 / self.num_replicas, loss.dtype))
-    if getattr(self.config, "on_nan", "stop") != "skip":
+    if self.config.on_nan != "skip":
       optimizer.apply(grads, variables)
       return
     finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
