@@ -88,7 +88,8 @@ def train(config, strategy=None):
     with interrupts or contextlib.nullcontext():
       run_steps = compile_train_steps(
           strategy, model, step, stop=interrupts.requested if interrupts else None,
-          on_nan=config.on_nan, nan_at_step=config.debug_nan_at_step)
+          on_nan=config.on_nan, nan_at_step=config.debug_nan_at_step,
+          jit_compile=config.jit_compile)
       last = _run(config, model, step, manager, iterator, figures, writer, run_steps,
                   interrupts)
   finally:
@@ -322,7 +323,8 @@ class _Interrupts:
     os.close(self._fds[1])  # the watcher reads end-of-file and returns
 
 
-def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_step=-1):
+def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_step=-1,
+                        jit_compile=False):
   """A tf.function running up to N train steps in a tf.range loop.
 
   Returns the mean of each metric over the steps whose metrics were all
@@ -336,19 +338,31 @@ def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_
   on_nan="skip" a non-finite step's updates are not applied
   (BidirectionalModel.apply_gradients) and the BatchNorm statistics its
   forward passes changed are restored. nan_at_step >= 1 replaces that step's
-  real images with NaN (the test hook of --debug_nan_at_step).
+  real images with NaN (the test hook of --debug_nan_at_step). jit_compile
+  compiles each train_step with XLA (one replica: XLA cannot compile a step
+  whose BatchNorm and optimizer reduce across MirroredStrategy replicas).
   """
   names = model.metric_names
   skip = on_nan == "skip"
   state = model.state_variables() if skip else []
+  if jit_compile and strategy.num_replicas_in_sync > 1:
+    raise UserError(f"--jit_compile compiles a one-replica step, and this run has "
+                    f"{strategy.num_replicas_in_sync} replicas (XLA cannot compile their "
+                    "cross-replica reductions); drop --jit_compile or train on one device.")
+
+  def train_step(images, step_value):
+    with model.step_draws(step_value):
+      return model.train_step(images)
+
+  if jit_compile:
+    train_step = tf.function(train_step, jit_compile=True)
 
   def replica_step(images):
     if nan_at_step >= 1:
       images = tf.where(step + 1 == nan_at_step, tf.fill(tf.shape(images), float("nan")),
                         images)
     saved = [tf.identity(v.value) for v in state]
-    with model.step_draws(step):
-      outputs = model.train_step(images)
+    outputs = train_step(images, step.read_value())
     if set(outputs) != set(names):
       raise ValueError(f"train_step returned {sorted(outputs)}, not metric_names {names}")
     vector = tf.stack([tf.cast(outputs[k], tf.float32) for k in names])

@@ -1,16 +1,27 @@
-"""Times steady-state training iterations: median and spread of seconds per step.
+"""Times steady-state training iterations and the input pipeline alone; prints a markdown row.
 
     python benchmarks/throughput.py --dataset=cifar10            # the authors' CIFAR-10 setting
-    python benchmarks/throughput.py --dataset=digits --repeats=5
-    python benchmarks/throughput.py --dataset=cifar10 --num_cpu_replicas=2   # 2 replicas
-    python benchmarks/throughput.py --method=gali4 --dataset=svhn --strategy=mirrored
+    python benchmarks/throughput.py --dataset=cifar10 --jit_compile
+    python benchmarks/throughput.py --dataset=digits --mixed_precision=bfloat16
+    python benchmarks/throughput.py --dataset=digits --num_cpu_replicas=2   # 2 replicas
+    python benchmarks/throughput.py --method=gali4 --dataset=svhn --steps_per_loop=1
 
+Every training flag applies (--method, --batch_size, --strategy,
+--num_cpu_replicas, --jit_compile, --mixed_precision, --steps_per_loop ...).
 Each step is one training step of --method (AGE: one encoder and
 `generator_steps` generator updates), run by the same compiled multi-step
-loop and --strategy as training (loop.compile_train_steps) after a warm-up
-call that traces it; each replica gets its share of the global batch. The input is a fixed in-memory batch of the
-dataset's shape (no download needed; the cost of a step does not depend on
-pixel values). Prints a markdown table row per dataset.
+loop and strategy as training (loop.compile_train_steps), --steps_per_loop
+steps per tf.function call, after a warm-up call that traces it; each replica
+gets its share of the global batch. The training input is a fixed in-memory
+batch of the dataset's shape (the cost of a step does not depend on pixel
+values), so the step is timed apart from the pipeline.
+
+The pipeline is timed on its own: the real training stream of --dataset
+(data.train_dataset: decode, resize, scale, shuffle, batch, prefetch),
+images per second over --data_batches batches after a warm-up, reported as
+a multiple of the training images/s (the target: >= 10x). A tfds dataset that
+is not prepared under --data_dir is reported as not measured, with no
+download attempted.
 
 FLOPs per step are counted from the graph of one training step at the global
 batch (TensorFlow's profiler: Conv2D, its two backprop ops, MatMul; the
@@ -37,12 +48,15 @@ from absl import app
 from absl import flags
 
 from age_tf import config as config_lib
+from age_tf import data
 from age_tf import distribute
 from age_tf import loop
+from age_tf.errors import UserError
 from age_tf.methods import METHODS
 
 flags.DEFINE_integer("repeats", 5, "Timed runs; the median and range are reported.")
-flags.DEFINE_integer("steps", 10, "Steps per timed run.")
+flags.DEFINE_integer("steps", 10, "Steps per timed run (a multiple of --steps_per_loop).")
+flags.DEFINE_integer("data_batches", 200, "Batches the input-pipeline timing reads.")
 FLAGS = flags.FLAGS
 
 
@@ -59,14 +73,38 @@ def time_dataset(config):
   images = tf.random.stateless_uniform(shape, [0, 0], -1.0, 1.0)
   dataset = tf.data.Dataset.from_tensors(images).repeat()
   iterator = iter(strategy.distribute_datasets_from_function(lambda _: dataset))
-  run_steps = loop.compile_train_steps(strategy, model, step)
-  run_steps(iterator, tf.constant(2))  # trace and warm up
+  run_steps = loop.compile_train_steps(strategy, model, step, jit_compile=config.jit_compile)
+  per_call = tf.constant(min(config.steps_per_loop, FLAGS.steps))
+  calls = max(FLAGS.steps // int(per_call), 1)
+  float(next(iter(run_steps(iterator, per_call).values())))  # trace and warm up
   seconds = []
   for _ in range(FLAGS.repeats):
     began = time.perf_counter()
-    float(next(iter(run_steps(iterator, tf.constant(FLAGS.steps)).values())))
-    seconds.append((time.perf_counter() - began) / FLAGS.steps)
-  return np.array(seconds), replicas
+    for _ in range(calls):
+      outputs = run_steps(iterator, per_call)
+    float(next(iter(outputs.values())))
+    seconds.append((time.perf_counter() - began) / (calls * int(per_call)))
+  return np.array(seconds), replicas, model.batches_per_step
+
+
+def data_images_per_second(config, batches):
+  """Images/s of the real training stream alone, or None when the data is not on disk."""
+  spec = config_lib.dataset_spec(config)
+  try:
+    ds = data.train_dataset(spec, config.batch_size, batches, seed=config.seed,
+                            data_dir=config.data_dir or None, download=False,
+                            cache=config.cache, shuffle_buffer=config.shuffle_buffer)
+  except UserError as e:
+    print(f"input pipeline not measured: {e}")
+    return None
+  iterator = iter(ds)
+  for _ in range(10):  # warm up: fill the shuffle buffer and the cache
+    next(iterator)
+  began = time.perf_counter()
+  for _ in range(FLAGS.data_batches):
+    next(iterator).numpy()
+  elapsed = time.perf_counter() - began
+  return FLAGS.data_batches * batches * config.batch_size / elapsed
 
 
 def flops_per_step(config):
@@ -125,8 +163,9 @@ def _cpu_model():
 def main(argv):
   del argv
   config = config_lib.from_flags()
-  seconds, replicas = time_dataset(config)
+  seconds, replicas, batches = time_dataset(config)
   median = float(np.median(seconds))
+  data_rate = data_images_per_second(config, batches)
   gflop = flops_per_step(config) / 1e9
   matmul_peak, conv_peak = machine_peaks()
   rss_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -134,15 +173,22 @@ def main(argv):
         f"TensorFlow {tf.__version__}, intra-op threads "
         f"{tf.config.threading.get_intra_op_parallelism_threads() or 'default'}")
   print(f"measured now: float32 matmul {matmul_peak:.0f} GFLOP/s, conv {conv_peak:.0f} GFLOP/s")
-  print("| method | dataset | replicas | batch | image | M | width | s/step median | range | "
-        "steps/s | images/s | GFLOP/step | GFLOP/s | of conv peak | peak RSS (MiB) |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  # Real images a step reads (GALI schedules read one batch per update).
+  images_per_second = batches * config.batch_size / median
+  data_cell = "not measured" if data_rate is None else (
+      f"{data_rate:.0f} ({data_rate / images_per_second:.0f}x)")
+  print("| method | dataset | replicas | batch | image | M | width | precision | XLA | "
+        "steps/call | s/step median | range | images/s | GFLOP/step | GFLOP/s | "
+        "of conv peak | data-only images/s | peak RSS (MiB) |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
   print(f"| {config.method} | {config.dataset} | {replicas} | {config.batch_size} | "
         f"{config.image_size}x{config.image_size}x"
-        f"{config.channels} | {config.latent_dim} | {config.width} | {median:.3f} | "
-        f"{seconds.min():.3f}-{seconds.max():.3f} | {1 / median:.2f} | "
-        f"{config.batch_size / median:.0f} | {gflop:.1f} | {gflop / median:.0f} | "
-        f"{gflop / median / conv_peak:.0%} | {rss_mib:.0f} |")
+        f"{config.channels} | {config.latent_dim} | {config.width} | "
+        f"{config.mixed_precision} | {'on' if config.jit_compile else 'off'} | "
+        f"{min(config.steps_per_loop, FLAGS.steps)} | {median:.3f} | "
+        f"{seconds.min():.3f}-{seconds.max():.3f} | "
+        f"{images_per_second:.0f} | {gflop:.1f} | {gflop / median:.0f} | "
+        f"{gflop / median / conv_peak:.0%} | {data_cell} | {rss_mib:.0f} |")
 
 
 if __name__ == "__main__":

@@ -69,6 +69,11 @@ import tensorflow as tf
 from age_tf import config as config_lib, distribute, loop
 from age_tf.methods import METHODS
 
+# Op determinism: the check compares two computations, so neither may vary
+# with thread scheduling. Without it, one full-suite run on a loaded machine
+# saw AGE's weights differ by 6e-4 where four other runs differed by 1e-7.
+tf.config.experimental.enable_op_determinism()
+tf.random.set_seed(0)
 mirrored = distribute.make_strategy("mirrored", num_cpu_replicas=2)
 single = tf.distribute.OneDeviceStrategy("/cpu:0")
 result = {}

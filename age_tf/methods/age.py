@@ -66,11 +66,12 @@ class AGE(base.BidirectionalModel):
     """AGE with the authors' DCGAN encoder and generator for the config's image size."""
     sphere = config.prior == "sphere"
     shape = (config.image_size, config.channels, config.latent_dim)
-    encoder = dcgan.build_encoder(*shape, sphere=sphere, width=config.width,
-                                  synchronized_bn=synchronized_bn)
-    generator = dcgan.build_generator(*shape, width=config.width,
-                                      synchronized_bn=synchronized_bn)
-    return cls(config, encoder, generator)
+    with base.precision(config):
+      encoder = dcgan.build_encoder(*shape, sphere=sphere, width=config.width,
+                                    synchronized_bn=synchronized_bn)
+      generator = dcgan.build_generator(*shape, width=config.width,
+                                        synchronized_bn=synchronized_bn)
+    return cls(config, base.float32_outputs(encoder), base.float32_outputs(generator))
 
   @classmethod
   def paper_defaults(cls, spec):

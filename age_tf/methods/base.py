@@ -7,6 +7,41 @@ import keras
 import tensorflow as tf
 
 PRIORS = ("sphere", "gaussian")
+PRECISIONS = ("float32", "bfloat16", "float16")
+
+
+@contextlib.contextmanager
+def precision(config):
+  """Layers built within it compute in config.mixed_precision with float32 variables.
+
+  float32 leaves Keras's policy as it is; bfloat16 and float16 are Keras's
+  mixed_* policies. The global policy is restored on exit, so a process can
+  hold models of several precisions.
+  """
+  name = config.mixed_precision
+  if name == "float32":
+    yield
+    return
+  previous = keras.config.dtype_policy()
+  keras.config.set_dtype_policy(f"mixed_{name}")
+  try:
+    yield
+  finally:
+    keras.config.set_dtype_policy(previous)
+
+
+def float32_outputs(network):
+  """`network` with its outputs cast to float32 (itself when they already are).
+
+  Under a mixed policy every loss, divergence and metric is computed from
+  float32 codes, images and logits, as the exported signatures are.
+  """
+  if all(keras.backend.standardize_dtype(t.dtype) == "float32" for t in network.outputs):
+    return network
+  cast = keras.layers.Activation("linear", dtype="float32", name="to_float32")
+  outputs = [cast(t) for t in network.outputs]
+  return keras.Model(network.inputs, outputs[0] if len(outputs) == 1 else outputs,
+                     name=network.name)
 
 
 class GeneratorDraws:
@@ -32,7 +67,9 @@ class StepDraws:
   replicas uses exactly the numbers one device would draw for the whole batch,
   each replica's differ, and a step's draws depend only on the seed and the
   step number (a resumed run draws what an uninterrupted one would). Draws are
-  numbered in the order the step's code makes them.
+  numbered in the order the step's code makes them. Under XLA (--jit_compile)
+  the same keys give other numbers of the same distributions: XLA has its own
+  generators for the stateless ops.
   """
 
   def __init__(self, seed, step):
@@ -134,11 +171,23 @@ def apply_if(condition, optimizer, grads, variables):
 
 
 def adam(config, updates_per_step, name):
-  """Adam with the run's betas and epsilon (the authors': 0.5, 0.999, 1e-8) and schedule."""
+  """Adam with the run's betas and epsilon (the authors': 0.5, 0.999, 1e-8) and schedule.
+
+  With --mixed_precision=float16 it is wrapped in Keras's LossScaleOptimizer
+  (dynamic loss scaling: float16 gradients underflow without it).
+  """
   schedule = EpochStepDecay(config.learning_rate, config.steps_per_epoch * updates_per_step,
                             config.lr_decay_epochs, config.lr_decay_factor)
-  return keras.optimizers.Adam(learning_rate=schedule, beta_1=config.beta1,
-                               beta_2=config.beta2, epsilon=config.adam_epsilon, name=name)
+  optimizer = keras.optimizers.Adam(learning_rate=schedule, beta_1=config.beta1,
+                                    beta_2=config.beta2, epsilon=config.adam_epsilon, name=name)
+  if config.mixed_precision == "float16":
+    return keras.optimizers.LossScaleOptimizer(optimizer, name=f"{name}_loss_scale")
+  return optimizer
+
+
+def inner_optimizer(optimizer):
+  """The optimizer a LossScaleOptimizer wraps (what checkpoints hold), else itself."""
+  return getattr(optimizer, "inner_optimizer", optimizer)
 
 
 class BidirectionalModel(keras.Model):
@@ -253,13 +302,18 @@ class BidirectionalModel(keras.Model):
     any replica is not applied at all (weights, optimizer moments and its
     update count stay as they were), on every replica alike.
     """
-    grads = tape.gradient(loss, variables,
-                          output_gradients=tf.constant(1.0 / self.num_replicas, loss.dtype))
+    scale = tf.constant(1.0 / self.num_replicas, loss.dtype)
+    loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+    if loss_scaled:  # the same as differentiating optimizer.scale_loss(loss)
+      scale *= tf.cast(optimizer.dynamic_scale, loss.dtype)
+    grads = tape.gradient(loss, variables, output_gradients=scale)
     if self.config.on_nan != "skip":
       optimizer.apply(grads, variables)
       return
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t))
-                            for t in [loss] + [g for g in grads if g is not None]])
+    # A loss-scaled optimizer skips (and lowers its scale on) overflowing
+    # gradients itself; only a non-finite loss is a bad step there.
+    checked = [loss] + ([] if loss_scaled else [g for g in grads if g is not None])
+    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(t)) for t in checked])
     apply_if(finite, optimizer, grads, variables)
 
   def state_variables(self):
@@ -271,5 +325,6 @@ class BidirectionalModel(keras.Model):
   def checkpoint_items(self):
     """What a checkpoint holds for this method: networks, optimizers, random state."""
     items = dict(encoder=self.encoder, generator=self.generator, noise=self.noise)
-    items.update({name: opt for name, (opt, _) in self.optimizers().items()})
+    # The inner optimizer: checkpoints of every precision have the same layout.
+    items.update({name: inner_optimizer(opt) for name, (opt, _) in self.optimizers().items()})
     return items

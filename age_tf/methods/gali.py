@@ -71,21 +71,24 @@ class AdversarialInference(base.BidirectionalModel):
   def from_config(cls, config, synchronized_bn=False):
     """The method with the ALI/GALI networks for the config's image size."""
     shape = (config.image_size, config.channels, config.latent_dim)
-    encoder = ali_networks.build_encoder(*shape, stochastic=cls.stochastic_encoder,
-                                         width=config.width, synchronized_bn=synchronized_bn)
-    generator = ali_networks.build_generator(*shape, width=config.width,
-                                             synchronized_bn=synchronized_bn)
-    feature_model, feature_dim = None, None
+    with base.precision(config):
+      encoder = ali_networks.build_encoder(*shape, stochastic=cls.stochastic_encoder,
+                                           width=config.width, synchronized_bn=synchronized_bn)
+      generator = ali_networks.build_generator(*shape, width=config.width,
+                                               synchronized_bn=synchronized_bn)
+    feature_model, feature_dim = None, None  # GALI-PT's frozen feature model: float32
     if "y" in cls.signature:
       from age_tf import features  # only GALI-PT needs the feature model
       feature_model = features.load_feature_model(
           config.feature_model, config.image_size, config.channels,
           inception_weights=config.inception_weights or None)
       feature_dim = features.feature_dim(feature_model)
-    discriminator = ali_networks.build_discriminator(
-        *shape, signature=cls.signature, num_logits=cls.num_logits or len(cls.class_names),
-        width=config.width, feature_dim=feature_dim)
-    return cls(config, encoder, generator, discriminator, feature_model)
+    with base.precision(config):
+      discriminator = ali_networks.build_discriminator(
+          *shape, signature=cls.signature, num_logits=cls.num_logits or len(cls.class_names),
+          width=config.width, feature_dim=feature_dim)
+    return cls(config, base.float32_outputs(encoder), base.float32_outputs(generator),
+               base.float32_outputs(discriminator), feature_model)
 
   @classmethod
   def paper_defaults(cls, spec):

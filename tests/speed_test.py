@@ -1,0 +1,156 @@
+"""Speed options compute what the default does: one-device strategy, XLA, mixed precision."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from age_tf import checkpointing
+from age_tf import config as config_lib
+from age_tf import distribute
+from age_tf import loop
+from age_tf.methods import METHODS
+from age_tf.methods import base
+
+from conftest import read_events
+
+SMALL = dict(dataset="digits", width=4, batch_size=16, train_steps=10, model_dir="/tmp/unused")
+
+
+def build(method, **overrides):
+  config = config_lib.resolve(dict(SMALL, method=method, **overrides))
+  model = METHODS[method].from_config(config)
+  model.build_optimizers()
+  return model
+
+
+def batch(model, seed=0):
+  return tf.constant(np.random.default_rng(seed).uniform(
+      -1, 1, (model.batches_per_step, 16, 32, 32, 1)), tf.float32)
+
+
+def run(model, images, steps, jit_compile=False):
+  """`steps` training steps of `model` on `images` by the training loop's compiled function."""
+  strategy = tf.distribute.get_strategy()
+  step = tf.Variable(0, dtype=tf.int64)
+  if model.data_dependent_init:
+    model.initialize_from_data(tf.reduce_mean(images[0], 0))
+  iterator = iter(tf.data.Dataset.from_tensors(images).repeat())
+  run_steps = loop.compile_train_steps(strategy, model, step, jit_compile=jit_compile)
+  return run_steps(iterator, tf.constant(steps))
+
+
+def test_one_device_is_the_default_strategy():
+  # OneDeviceStrategy's input pipeline slowed every CPU step 1.4-2.2x.
+  assert distribute.make_strategy("auto") is tf.distribute.get_strategy()
+  assert distribute.make_strategy("one_device") is tf.distribute.get_strategy()
+
+
+class FixedDraws(base.StepDraws):
+  """Pseudo-random numbers by integer arithmetic on (step, draw index, position).
+
+  XLA has its own generators for the stateless random ops (same keys, other
+  numbers), and its own sin and exp, so comparing an XLA step with a graph
+  step needs draws that both compute exactly alike.
+  """
+
+  def __init__(self, seed, step):
+    super().__init__(seed, step)
+    self.step = tf.cast(step, tf.int64)
+
+  def _fixed(self, shape, low, high):
+    self.index += 1
+    position = tf.range(tf.reduce_prod(shape), dtype=tf.int64)
+    hashed = (position * 40503 + self.index * 7919 + self.step * 104729) % 65536
+    u = (tf.cast(hashed, tf.float32) + 0.5) / 65536.0
+    return tf.reshape(low + (high - low) * u, shape)
+
+  def normal(self, shape, dtype=tf.float32, batch_axis=0):
+    return tf.cast(self._fixed(shape, -1.7, 1.7), dtype)
+
+  def uniform(self, shape, dtype=tf.float32, batch_axis=0):
+    return tf.cast(self._fixed(shape, 0.0, 1.0), dtype)
+
+
+@pytest.mark.parametrize("method, steps", [("age", 3), ("gali4", 2)])
+def test_an_xla_step_computes_what_the_graph_step_does(method, steps, monkeypatch):
+  monkeypatch.setattr(base, "StepDraws", FixedDraws)
+  # Adam's epsilon 1e-3 keeps every update proportional to its gradient (with
+  # 1e-8 a gradient element that nearly cancels moves its weight by up to
+  # the learning rate, whatever rounding computed it).
+  graph, xla = build(method, adam_epsilon=1e-3), build(method, adam_epsilon=1e-3)
+  for a, b in zip(graph.variables, xla.variables):
+    b.assign(a)
+  before = [v.numpy().copy() for v in graph.trainable_variables]
+  images = batch(graph)
+  graph_metrics = run(graph, images, steps)
+  xla_metrics = run(xla, images, steps, jit_compile=True)
+  moved = max(float(np.max(np.abs(v.numpy() - b)))
+              for v, b in zip(graph.trainable_variables, before))
+  diff = max(float(np.max(np.abs(a.numpy() - b.numpy())))
+             for a, b in zip(graph.variables, xla.variables))
+  assert moved > 1e-4
+  assert diff < 1e-4, (moved, diff)  # measured: about 2e-6
+  for name in graph.metric_names:
+    np.testing.assert_allclose(float(xla_metrics[name]), float(graph_metrics[name]),
+                               rtol=1e-3, atol=1e-4, err_msg=name)
+
+
+def test_xla_refuses_a_step_over_several_replicas():
+  class Replicas:
+    num_replicas_in_sync = 2
+  with pytest.raises(config_lib.UserError, match="--jit_compile.*2 replicas"):
+    loop.compile_train_steps(Replicas(), build("age"), tf.Variable(0, dtype=tf.int64),
+                             jit_compile=True)
+
+
+@pytest.mark.parametrize("method", ["age", "gali4"])
+@pytest.mark.parametrize("precision", ["bfloat16", "float16"])
+def test_mixed_precision_computes_in_half_and_keeps_float32_state(method, precision):
+  model = build(method, mixed_precision=precision)
+  # The global policy is back to float32 once the networks are built.
+  assert keras.config.dtype_policy().name == "float32"
+  convs = [layer for layer in model.generator.layers + model.encoder.layers
+           if isinstance(layer, (keras.layers.Conv2D, keras.layers.Conv2DTranspose))]
+  assert convs and all(layer.compute_dtype == precision for layer in convs)
+  assert all(v.dtype == "float32" for v in model.variables)
+  images = batch(model)
+  codes = model.encode(images[0])
+  assert codes.dtype == tf.float32 and model.generate(codes).dtype == tf.float32
+  before = [v.numpy().copy() for v in model.trainable_variables]
+  # float16's dynamic loss scale starts at 2^15 and halves on each update
+  # whose gradients overflow (that update is skipped): the first few are.
+  steps = 2 if precision == "bfloat16" else 12
+  metrics = run(model, images, steps)
+  assert all(np.isfinite(float(metrics[name])) for name in model.metric_names)
+  assert int(metrics["finite_steps"]) == steps
+  moved = [not np.array_equal(b, v.numpy()) for b, v in zip(before, model.trainable_variables)]
+  assert np.mean(moved) > 0.9
+  optimizers = [opt for opt, _ in model.optimizers().values()]
+  loss_scaled = [isinstance(opt, keras.optimizers.LossScaleOptimizer) for opt in optimizers]
+  assert all(loss_scaled) if precision == "float16" else not any(loss_scaled)
+
+
+def test_checkpoints_move_between_precisions(tmp_path):
+  full = build("age")
+  full_step = tf.Variable(7, dtype=tf.int64)
+  path = checkpointing.make_checkpoint(full, full_step).save(str(tmp_path / "ckpt"))
+  half = build("age", mixed_precision="float16")
+  half_step = tf.Variable(0, dtype=tf.int64)
+  checkpointing.make_checkpoint(half, half_step).restore(path).assert_existing_objects_matched()
+  assert int(half_step) == 7
+  for a, b in zip(full.variables, half.variables):
+    np.testing.assert_array_equal(a.numpy(), b.numpy())
+
+
+def test_training_runs_with_xla_and_bfloat16(tmp_path):
+  config = config_lib.resolve(dict(SMALL, method="age", model_dir=str(tmp_path), train_steps=4,
+                                   log_every=2, image_every=4, checkpoint_every=2,
+                                   steps_per_loop=2, jit_compile=True,
+                                   mixed_precision="bfloat16"))
+  loop.train(config)
+  losses = read_events(str(tmp_path)).Tensors("encoder/loss")
+  assert [e.step for e in losses] == [2, 4]
+  assert all(np.isfinite(tf.make_ndarray(e.tensor_proto)) for e in losses)
+  restored, _, step = checkpointing.load_model(str(tmp_path))
+  assert step == 4 and restored.mixed_precision == "bfloat16" and restored.jit_compile
