@@ -48,6 +48,7 @@ def train(config, strategy=None):
   if config.batch_size % replicas:
     raise UserError(f"--batch_size={config.batch_size} does not split evenly over {replicas} "
                     f"replicas; use a multiple of {replicas}.")
+  _check_jit_compile(config.jit_compile, replicas)  # before anything is written
   chief = distribute.is_chief(strategy)
   checkpointing.check_compatible(config)
   if config.deterministic:
@@ -323,6 +324,13 @@ class _Interrupts:
     os.close(self._fds[1])  # the watcher reads end-of-file and returns
 
 
+def _check_jit_compile(jit_compile, replicas):
+  if jit_compile and replicas > 1:
+    raise UserError(f"--jit_compile compiles a one-replica step, and this run has {replicas} "
+                    "replicas (XLA cannot compile their cross-replica reductions); drop "
+                    "--jit_compile or train on one device.")
+
+
 def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_step=-1,
                         jit_compile=False):
   """A tf.function running up to N train steps in a tf.range loop.
@@ -345,10 +353,7 @@ def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_
   names = model.metric_names
   skip = on_nan == "skip"
   state = model.state_variables() if skip else []
-  if jit_compile and strategy.num_replicas_in_sync > 1:
-    raise UserError(f"--jit_compile compiles a one-replica step, and this run has "
-                    f"{strategy.num_replicas_in_sync} replicas (XLA cannot compile their "
-                    "cross-replica reductions); drop --jit_compile or train on one device.")
+  _check_jit_compile(jit_compile, strategy.num_replicas_in_sync)
 
   def train_step(images, step_value):
     with model.step_draws(step_value):

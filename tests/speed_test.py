@@ -96,12 +96,22 @@ def test_an_xla_step_computes_what_the_graph_step_does(method, steps, monkeypatc
                                rtol=1e-3, atol=1e-4, err_msg=name)
 
 
+class TwoReplicas:
+  num_replicas_in_sync = 2
+
+
 def test_xla_refuses_a_step_over_several_replicas():
-  class Replicas:
-    num_replicas_in_sync = 2
   with pytest.raises(config_lib.UserError, match="--jit_compile.*2 replicas"):
-    loop.compile_train_steps(Replicas(), build("age"), tf.Variable(0, dtype=tf.int64),
+    loop.compile_train_steps(TwoReplicas(), build("age"), tf.Variable(0, dtype=tf.int64),
                              jit_compile=True)
+
+
+def test_training_refuses_xla_over_several_replicas_before_writing(tmp_path):
+  config = config_lib.resolve(dict(SMALL, method="age", model_dir=str(tmp_path / "run"),
+                                   jit_compile=True))
+  with pytest.raises(config_lib.UserError, match="--jit_compile.*2 replicas"):
+    loop.train(config, strategy=TwoReplicas())
+  assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.parametrize("method", ["age", "gali4"])

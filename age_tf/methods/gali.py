@@ -87,8 +87,9 @@ class AdversarialInference(base.BidirectionalModel):
       discriminator = ali_networks.build_discriminator(
           *shape, signature=cls.signature, num_logits=cls.num_logits or len(cls.class_names),
           width=config.width, feature_dim=feature_dim)
+    # The discriminator's logits are cast to float32 where they are used (class_log_probs).
     return cls(config, base.float32_outputs(encoder), base.float32_outputs(generator),
-               base.float32_outputs(discriminator), feature_model)
+               discriminator, feature_model)
 
   @classmethod
   def paper_defaults(cls, spec):
