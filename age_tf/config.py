@@ -15,6 +15,7 @@ from age_tf.methods import METHODS
 from age_tf.methods import gali
 from age_tf.methods.base import PRECISIONS
 from age_tf.methods.base import PRIORS
+from age_tf.networks.subpixel import ALGORITHMS as TRANSPOSED_CONV_ALGORITHMS
 
 
 # ---------------------------------------------------------------- flags
@@ -142,13 +143,21 @@ flags.DEFINE_integer("num_cpu_replicas", 1, "Split the CPU into this many logica
                      "(mirrored replicas on a machine without GPUs).")
 flags.DEFINE_integer("steps_per_loop", 10, "Training steps per tf.function call.")
 flags.DEFINE_bool("jit_compile", False, "Compile each training step with XLA (one replica "
-                  "only). Measured: 1.33x faster on the CIFAR-10 AGE step, 0.78x on digits "
-                  "(2-core CPU); see the README's Speed section.")
+                  "only). Measured on a 2-core CPU with sub-pixel transposed convolutions: "
+                  "1.41x faster on the CIFAR-10 AGE step, 1.27x on digits; see the README's "
+                  "Speed section.")
 flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision of the "
                   "networks: float32, or bfloat16/float16 compute with float32 variables, "
                   "losses and outputs (Keras mixed_* policies; float16 adds dynamic loss "
                   "scaling). Pays off on GPUs, TPUs and CPUs with native bfloat16 (AVX512_BF16, "
                   "AMX).")
+flags.DEFINE_enum("transposed_conv", "auto", list(TRANSPOSED_CONV_ALGORITHMS), "How the "
+                  "DCGAN networks' 4x4 stride-2 transposed convolutions (the generator's "
+                  "layers, the encoder's input gradients) are computed: subpixel (one "
+                  "stride-1 2x2 convolution to 4x the channels, then the four output phases "
+                  "interleaved; the same numbers, faster on CPUs), native (TensorFlow's "
+                  "Conv2DBackpropInput), auto (AGE: subpixel unless a GPU is visible; the ALI "
+                  "family: native, see the README's Speed section).")
 flags.DEFINE_integer("log_every", 50, "Write scalar summaries every this many steps.")
 flags.DEFINE_integer("image_every", 500, "Write sample and reconstruction grids every this "
                      "many steps.")
@@ -234,6 +243,7 @@ class Config:
   # Speed (defaulted so flags.json of older runs still loads).
   jit_compile: bool = False
   mixed_precision: str = "float32"
+  transposed_conv: str = "auto"
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)

@@ -26,13 +26,17 @@ download attempted.
 FLOPs per step are counted from the graph of one training step at the global
 batch (TensorFlow's profiler: Conv2D, its two backprop ops, MatMul; the
 elementwise ops are not counted), so GFLOP/s is the rate of the convolution
-and matmul work. The same process measures the machine's float32 peaks (a
+and matmul work. They are counted on the native formulation of the transposed
+convolutions whichever --transposed_conv runs: the sub-pixel one does more
+multiply-adds (up to 1.56x on a 4x4 map) for the same result, and the figure
+is the model's work. The same process measures the machine's float32 peaks (a
 2048x2048 matmul and a 3x3 convolution of 64x32x32x128 to 128 channels,
 medians of 5), so the ratio to the peak compares like with like on a
 machine whose speed varies from day to day. Peak RSS is the process's
 maximum resident set size at the end.
 """
 
+import dataclasses
 import os
 import platform
 import resource
@@ -53,6 +57,7 @@ from age_tf import distribute
 from age_tf import loop
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
+from age_tf.networks import subpixel
 
 flags.DEFINE_integer("repeats", 5, "Timed runs; the median and range are reported.")
 flags.DEFINE_integer("steps", 10, "Steps per timed run (a multiple of --steps_per_loop).")
@@ -111,6 +116,7 @@ def flops_per_step(config):
   """Floating-point operations of one training step at the global batch, from its graph."""
   from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
   from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+  config = dataclasses.replace(config, transposed_conv=subpixel.NATIVE)
   model = METHODS[config.method].from_config(config)
   model.build_optimizers()
   step = tf.Variable(0, dtype=tf.int64)
@@ -178,13 +184,14 @@ def main(argv):
   data_cell = "not measured" if data_rate is None else (
       f"{data_rate:.0f} ({data_rate / images_per_second:.0f}x)")
   print("| method | dataset | replicas | batch | image | M | width | precision | XLA | "
-        "steps/call | s/step median | range | images/s | GFLOP/step | GFLOP/s | "
+        "transposed conv | steps/call | s/step median | range | images/s | GFLOP/step | GFLOP/s | "
         "of conv peak | data-only images/s | peak RSS (MiB) |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+  print("|---" * 19 + "|")
   print(f"| {config.method} | {config.dataset} | {replicas} | {config.batch_size} | "
         f"{config.image_size}x{config.image_size}x"
         f"{config.channels} | {config.latent_dim} | {config.width} | "
         f"{config.mixed_precision} | {'on' if config.jit_compile else 'off'} | "
+        f"{subpixel.resolve(config.transposed_conv)} | "
         f"{min(config.steps_per_loop, FLAGS.steps)} | {median:.3f} | "
         f"{seconds.min():.3f}-{seconds.max():.3f} | "
         f"{images_per_second:.0f} | {gflop:.1f} | {gflop / median:.0f} | "

@@ -68,9 +68,11 @@ class AGE(base.BidirectionalModel):
     shape = (config.image_size, config.channels, config.latent_dim)
     with base.precision(config):
       encoder = dcgan.build_encoder(*shape, sphere=sphere, width=config.width,
-                                    synchronized_bn=synchronized_bn)
+                                    synchronized_bn=synchronized_bn,
+                                    transposed_conv=config.transposed_conv)
       generator = dcgan.build_generator(*shape, width=config.width,
-                                        synchronized_bn=synchronized_bn)
+                                        synchronized_bn=synchronized_bn,
+                                        transposed_conv=config.transposed_conv)
     return cls(config, base.float32_outputs(encoder), base.float32_outputs(generator))
 
   @classmethod

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from age_tf.networks import subpixel
 from age_tf.networks.spectral_norm import SNConv2D
 from age_tf.networks.spectral_norm import SNDense
 
@@ -90,7 +91,7 @@ def initialize_output_bias(generator, mean_image):
 
 
 def build_encoder(image_size, channels, latent_dim, *, stochastic, width,
-                  synchronized_bn=False, name="encoder"):
+                  synchronized_bn=False, transposed_conv="auto", name="encoder"):
   """The ALI encoder: images (H, W, C) in [-1, 1] -> codes.
 
   32x32: conv 5/1 (w) - 4/2 (2w) - 4/1 (4w) - 4/2 (8w) - 4/1 (16w) - flatten
@@ -99,18 +100,23 @@ def build_encoder(image_size, channels, latent_dim, *, stochastic, width,
   BatchNorm + LeakyReLU after every hidden layer (named conv{i}/dense{i},
   bn{i}, lrelu{i}, i from 1); the output layer "dense_out" has a bias.
 
+  `transposed_conv` picks how the convolutions' input gradients are
+  computed (see subpixel.py).
+
   Returns:
     A keras.Model with output (B, 2 * latent_dim) = concat[mu, log_sigma]
     when `stochastic`, else (B, latent_dim).
   """
   _check_size(image_size)
+  algorithm = subpixel.resolve(transposed_conv)
   inputs = keras.Input((image_size, image_size, channels), name="images")
   h, size, index = inputs, image_size, 0
   for multiple, kernel, stride in _ENCODER_CONVS[image_size]:
     index += 1
-    h = keras.layers.Conv2D(
+    h = subpixel.Conv2D(
         multiple * width, kernel, strides=stride, padding="valid",
-        use_bias=False, kernel_initializer=_weights(), name=f"conv{index}")(h)
+        use_bias=False, kernel_initializer=_weights(), name=f"conv{index}",
+        algorithm=algorithm)(h)
     h = _batch_norm(f"bn{index}", synchronized_bn)(h)
     h = _lrelu(image_size, f"lrelu{index}")(h)
     size = _conv_out(size, kernel, stride)
@@ -131,7 +137,7 @@ def build_encoder(image_size, channels, latent_dim, *, stochastic, width,
 
 
 def build_generator(image_size, channels, latent_dim, *, width,
-                    synchronized_bn=False, name="generator"):
+                    synchronized_bn=False, transposed_conv="auto", name="generator"):
   """The ALI generator: (B, latent_dim) -> images (B, H, W, C) = tanh(h + b).
 
   32x32: convT 4/1 (8w) - 4/2 (4w) - 4/1 (2w) - 4/2 (w) - 5/1 (w) - conv 1x1
@@ -139,17 +145,20 @@ def build_generator(image_size, channels, latent_dim, *, width,
   (4w) - 5/2 (4w) - 7/2 (2w) - 2/1 (w) - conv 1x1 (C); spatial 1-4-13-29-63-
   64. All 'valid', no biases; BatchNorm + LeakyReLU after all but the last.
   b is the per-pixel bias of the "output_bias" layer (see
-  initialize_output_bias).
+  initialize_output_bias). `transposed_conv` picks how the transposed
+  convolutions are computed (see subpixel.py).
   """
   _check_size(image_size)
+  algorithm = subpixel.resolve(transposed_conv)
   inputs = keras.Input((latent_dim,), name="codes")
   h = keras.layers.Reshape((1, 1, latent_dim), name="to_map")(inputs)
   size, index = 1, 0
   for multiple, kernel, stride in _GENERATOR_DECONVS[image_size]:
     index += 1
-    h = keras.layers.Conv2DTranspose(
+    h = subpixel.Conv2DTranspose(
         multiple * width, kernel, strides=stride, padding="valid",
-        use_bias=False, kernel_initializer=_weights(), name=f"deconv{index}")(h)
+        use_bias=False, kernel_initializer=_weights(), name=f"deconv{index}",
+        algorithm=algorithm)(h)
     h = _batch_norm(f"bn{index}", synchronized_bn)(h)
     h = _lrelu(image_size, f"lrelu{index}")(h)
     size = _deconv_out(size, kernel, stride)
@@ -172,7 +181,7 @@ def build_generator(image_size, channels, latent_dim, *, width,
 
 
 def build_discriminator(image_size, channels, latent_dim, *, signature,
-                        num_logits, width, feature_dim=None,
+                        num_logits, width, feature_dim=None, transposed_conv="auto",
                         name="discriminator"):
   """The spectrally normalised tuple discriminator D(x, z, ...).
 
@@ -186,6 +195,8 @@ def build_discriminator(image_size, channels, latent_dim, *, signature,
     num_logits: number of output logits (no activation).
     width: base width w (PAPER_WIDTH[image_size] for the paper's networks).
     feature_dim: size of y; required when "y" is in the signature.
+    transposed_conv: how the image tower's input gradients (through which
+      the generator learns) are computed; see subpixel.py.
     name: model name.
 
   Returns:
@@ -206,7 +217,8 @@ def build_discriminator(image_size, channels, latent_dim, *, signature,
   towers = {}
   for kind in dict.fromkeys(signature):
     if kind == "x":
-      towers[kind] = _image_tower(image_size, channels, width)
+      towers[kind] = _image_tower(image_size, channels, width,
+                                  subpixel.resolve(transposed_conv))
     elif kind == "z":
       towers[kind] = _vector_tower(image_size, latent_dim,
                                    _D_Z_DENSE[image_size], width, "d_z")
@@ -233,13 +245,14 @@ def _sn_dense(units, name):
   return SNDense(units, use_bias=True, kernel_initializer=_weights(), name=name)
 
 
-def _image_tower(image_size, channels, width):
+def _image_tower(image_size, channels, width, algorithm):
   """D(x): the encoder's five convolutions, spectrally normalised, with biases."""
   inputs = keras.Input((image_size, image_size, channels), name="x")
   h, size = inputs, image_size
   for i, (multiple, kernel, stride) in enumerate(_ENCODER_CONVS[image_size], 1):
     h = SNConv2D(multiple * width, kernel, strides=stride, padding="valid",
-                 use_bias=True, kernel_initializer=_weights(), name=f"conv{i}")(h)
+                 use_bias=True, kernel_initializer=_weights(), name=f"conv{i}",
+                 algorithm=algorithm)(h)
     h = _lrelu(image_size, f"lrelu{i}")(h)
     size = _conv_out(size, kernel, stride)
   if size != 1 or tuple(h.shape[1:3]) != (1, 1):

@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from age_tf.networks import subpixel
+
 SUPPORTED_IMAGE_SIZES = (32, 64)
 LEAKY_SLOPE = 0.2
 
@@ -32,41 +34,45 @@ class SphereProjection(keras.layers.Layer):
     return project_to_sphere(inputs)
 
 
-def _conv(filters, kernel, stride, padding, use_bias, name):
-  return keras.layers.Conv2D(
+def _conv(filters, kernel, stride, padding, use_bias, name, algorithm):
+  return subpixel.Conv2D(
       filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
-      kernel_initializer=_weights(), bias_initializer="zeros", name=name)
+      kernel_initializer=_weights(), bias_initializer="zeros", name=name,
+      algorithm=algorithm)
 
 
-def _deconv(filters, kernel, stride, padding, name):
-  return keras.layers.Conv2DTranspose(
+def _deconv(filters, kernel, stride, padding, name, algorithm):
+  return subpixel.Conv2DTranspose(
       filters, kernel, strides=stride, padding=padding, use_bias=False,
-      kernel_initializer=_weights(), name=name)
+      kernel_initializer=_weights(), name=name, algorithm=algorithm)
 
 
 def build_encoder(image_size, channels, latent_dim, sphere=True, width=64,
-                  synchronized_bn=False, name="encoder"):
+                  synchronized_bn=False, transposed_conv="auto", name="encoder"):
   """The AGE encoder e(x): images in [-1, 1] -> (batch, latent_dim) codes.
 
   32x32: conv 4x4/2 (w, no BN) - 2w - 4w (BN) - conv 4x4/2 to latent_dim
   (bias) - 2x2 average pool. 64x64: conv 4x4/2 (w, no BN) - 2w - 4w - 8w (BN)
   - conv 4x4/1 valid to latent_dim. LeakyReLU(0.2) between; the output is
   projected onto the unit sphere when `sphere` (the paper's latent space).
+  `transposed_conv` picks how the input gradients of the 4x4/2 convolutions
+  are computed (see subpixel.py).
   """
   _check_size(image_size)
+  algorithm = subpixel.resolve(transposed_conv)
   inputs = keras.Input((image_size, image_size, channels), name="images")
   widths = [width, width * 2, width * 4] + ([width * 8] if image_size == 64 else [])
   h = inputs
   for i, filters in enumerate(widths):
-    h = _conv(filters, 4, 2, "same", False, f"conv{i}")(h)
+    h = _conv(filters, 4, 2, "same", False, f"conv{i}", algorithm)(h)
     if i > 0:
       h = _batch_norm(f"bn{i}", synchronized_bn)(h)
     h = keras.layers.LeakyReLU(LEAKY_SLOPE, name=f"lrelu{i}")(h)
   if image_size == 32:
-    h = _conv(latent_dim, 4, 2, "same", True, "conv_out")(h)  # 2x2
+    h = _conv(latent_dim, 4, 2, "same", True, "conv_out", algorithm)(h)  # 2x2
     h = keras.layers.AveragePooling2D(2, name="avg_pool")(h)
   else:
-    h = _conv(latent_dim, 4, 1, "valid", True, "conv_out")(h)  # 1x1
+    h = _conv(latent_dim, 4, 1, "valid", True, "conv_out", algorithm)(h)  # 1x1
   codes = keras.layers.Flatten(name="codes")(h)
   if sphere:
     codes = SphereProjection(name="sphere")(codes)
@@ -74,15 +80,17 @@ def build_encoder(image_size, channels, latent_dim, sphere=True, width=64,
 
 
 def build_generator(image_size, channels, latent_dim, width=64,
-                    synchronized_bn=False, name="generator"):
+                    synchronized_bn=False, transposed_conv="auto", name="generator"):
   """The AGE generator g(z): (batch, latent_dim) -> images in [-1, 1].
 
   32x32: convT 4x4/1 valid (8w) - 4w - 2w - 2w (4x4/2) - 1x1 conv to
   channels (bias) - tanh. 64x64 (standard DCGAN): convT 4x4/1 valid (8w) -
   4w - 2w - w - convT 4x4/2 to channels - tanh. BatchNorm + ReLU after every
-  hidden transposed convolution, which has no bias.
+  hidden transposed convolution, which has no bias. `transposed_conv` picks
+  how the 4x4/2 transposed convolutions are computed (see subpixel.py).
   """
   _check_size(image_size)
+  algorithm = subpixel.resolve(transposed_conv)
   inputs = keras.Input((latent_dim,), name="codes")
   h = keras.layers.Reshape((1, 1, latent_dim), name="to_map")(inputs)
   if image_size == 32:
@@ -91,15 +99,15 @@ def build_generator(image_size, channels, latent_dim, width=64,
     widths = [width * 8, width * 4, width * 2, width]
   for i, filters in enumerate(widths):
     if i == 0:
-      h = _deconv(filters, 4, 1, "valid", f"deconv{i}")(h)
+      h = _deconv(filters, 4, 1, "valid", f"deconv{i}", algorithm)(h)
     else:
-      h = _deconv(filters, 4, 2, "same", f"deconv{i}")(h)
+      h = _deconv(filters, 4, 2, "same", f"deconv{i}", algorithm)(h)
     h = _batch_norm(f"bn{i}", synchronized_bn)(h)
     h = keras.layers.ReLU(name=f"relu{i}")(h)
   if image_size == 32:
-    h = _conv(channels, 1, 1, "valid", True, "conv_out")(h)
+    h = _conv(channels, 1, 1, "valid", True, "conv_out", algorithm)(h)
   else:
-    h = _deconv(channels, 4, 2, "same", "deconv_out")(h)
+    h = _deconv(channels, 4, 2, "same", "deconv_out", algorithm)(h)
   images = keras.layers.Activation("tanh", name="tanh")(h)
   return keras.Model(inputs, images, name=name)
 

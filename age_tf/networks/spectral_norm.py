@@ -3,6 +3,8 @@
 import keras
 import tensorflow as tf
 
+from age_tf.networks import subpixel
+
 # Keras 3's `keras.layers.SpectralNormalization` writes W / sigma back into the
 # stored kernel on every training call (a projection of the weights). These
 # layers keep the raw kernel W as the trainable variable and use W / sigma(W)
@@ -140,14 +142,18 @@ class SNConv2D(_SpectralNormBase):
     use_bias: whether to add a bias.
     kernel_initializer: initializer of the raw kernel W (kh, kw, cin, filters).
     bias_initializer: initializer of the bias.
+    algorithm: "native" (tf.nn.conv2d and its registered gradient) or
+      "subpixel" (the input gradient as a sub-pixel convolution; see
+      subpixel.py).
     **kwargs: keras.layers.Layer arguments (name, dtype, ...).
   """
 
   def __init__(self, filters, kernel_size, strides=1, padding="valid",
                use_bias=True, kernel_initializer="glorot_uniform",
-               bias_initializer="zeros", **kwargs):
+               bias_initializer="zeros", algorithm=subpixel.NATIVE, **kwargs):
     super().__init__(use_bias=use_bias, kernel_initializer=kernel_initializer,
                      bias_initializer=bias_initializer, **kwargs)
+    self.algorithm = algorithm
     self.filters = int(filters)
     self.kernel_size = _pair(kernel_size)
     self.strides = _pair(strides)
@@ -164,8 +170,13 @@ class SNConv2D(_SpectralNormBase):
 
   def call(self, inputs, training=None):
     kernel = self._normalized_kernel(training)
-    outputs = tf.nn.conv2d(inputs, kernel, strides=(1,) + self.strides + (1,),
-                           padding=self.padding.upper())
+    if (self.algorithm == subpixel.SUBPIXEL
+        and inputs.shape[-1] >= subpixel.MIN_SUBPIXEL_INPUT_CHANNELS
+        and subpixel.applies(inputs, self.kernel_size, self.strides)):
+      outputs = subpixel.conv2d(inputs, kernel, self.strides[0], self.padding.upper())
+    else:
+      outputs = tf.nn.conv2d(inputs, kernel, strides=(1,) + self.strides + (1,),
+                             padding=self.padding.upper())
     return self._add_bias(outputs)
 
   def compute_output_shape(self, input_shape):
@@ -183,7 +194,8 @@ class SNConv2D(_SpectralNormBase):
   def get_config(self):
     config = super().get_config()
     config.update({"filters": self.filters, "kernel_size": self.kernel_size,
-                   "strides": self.strides, "padding": self.padding})
+                   "strides": self.strides, "padding": self.padding,
+                   "algorithm": self.algorithm})
     return config
 
 

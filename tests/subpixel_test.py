@@ -1,0 +1,113 @@
+"""The sub-pixel layers compute what Keras's native layers compute: outputs and all gradients."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from age_tf.networks import subpixel
+
+# (kernel, stride, padding, input size): the DCGAN (4/2 same, 4/1 valid on
+# 1x1) and ALI (valid 2..7, strides 1 and 2) layers, and odd sizes for 'same'.
+TRANSPOSED = [(4, 2, "same", 4), (4, 2, "same", 8), (4, 1, "valid", 1), (4, 2, "valid", 1),
+              (4, 2, "valid", 4), (4, 1, "valid", 10), (5, 1, "valid", 28), (7, 2, "valid", 4),
+              (5, 2, "valid", 13), (2, 1, "valid", 63), (3, 2, "same", 5), (5, 3, "same", 4)]
+CONVS = [(4, 2, "same", 32), (4, 2, "same", 16), (4, 2, "same", 7), (5, 1, "valid", 32),
+         (4, 2, "valid", 28), (4, 1, "valid", 13), (7, 2, "valid", 63), (5, 2, "valid", 29),
+         (3, 2, "same", 9), (4, 1, "valid", 4), (2, 1, "valid", 64)]
+
+
+def _outputs_and_gradients(layer, x):
+  with tf.GradientTape() as tape:
+    tape.watch(x)
+    y = layer(x)
+    # A loss whose gradient differs at every element.
+    positions = tf.reshape(tf.range(tf.size(y), dtype=y.dtype), tf.shape(y))
+    loss = tf.reduce_sum(tf.sin(y) * tf.cos(positions))
+  return [y] + tape.gradient(loss, [x] + layer.trainable_variables)
+
+
+def _pair(native, fast, input_shape, seed):
+  x = tf.random.stateless_normal(input_shape, [seed, 1])
+  native.build(input_shape)
+  fast.build(input_shape)
+  fast.set_weights([w + 0.01 * np.random.default_rng(seed).standard_normal(w.shape)
+                    .astype(np.float32) for w in native.get_weights()])
+  native.set_weights(fast.get_weights())
+  return _outputs_and_gradients(native, x), _outputs_and_gradients(fast, x)
+
+
+def _assert_close(expected, actual):
+  names = ["output", "input gradient", "kernel gradient", "bias gradient"]
+  for name, e, a in zip(names, expected, actual):
+    e, a = np.asarray(e), np.asarray(a)
+    assert e.shape == a.shape, name
+    scale = max(np.abs(e).max(), 1e-6)
+    assert np.abs(e - a).max() / scale < 1e-5, name
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", TRANSPOSED)
+def test_transposed_convolution_matches_keras(kernel, stride, padding, size):
+  args = dict(filters=6, kernel_size=kernel, strides=stride, padding=padding, use_bias=True,
+              bias_initializer="random_normal")
+  native = keras.layers.Conv2DTranspose(**args)
+  fast = subpixel.Conv2DTranspose(**args, algorithm=subpixel.SUBPIXEL)
+  expected, actual = _pair(native, fast, (3, size, size + 1, 5), seed=kernel * 10 + size)
+  _assert_close(expected, actual)
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size", CONVS)
+def test_convolution_gradients_match_keras(kernel, stride, padding, size):
+  channels = subpixel.MIN_SUBPIXEL_INPUT_CHANNELS
+  args = dict(filters=7, kernel_size=kernel, strides=stride, padding=padding, use_bias=True)
+  native = keras.layers.Conv2D(**args)
+  fast = subpixel.Conv2D(**args, algorithm=subpixel.SUBPIXEL)
+  expected, actual = _pair(native, fast, (2, size, size + 2, channels), seed=kernel * 10 + size)
+  _assert_close(expected, actual)
+
+
+def _op_types(layer, input_shape):
+  """The op types of a graph computing the layer's output and all its gradients."""
+  if not layer.built:
+    layer.build(input_shape)
+  function = tf.function(lambda x: _outputs_and_gradients(layer, x))
+  graph = function.get_concrete_function(tf.TensorSpec(input_shape)).graph
+  return {op.type for op in graph.get_operations()}
+
+
+def test_no_layer_computes_a_backprop_input_natively():
+  for kernel, stride, padding, size in TRANSPOSED:
+    layer = subpixel.Conv2DTranspose(4, kernel, stride, padding, algorithm=subpixel.SUBPIXEL)
+    assert "Conv2DBackpropInput" not in _op_types(layer, (2, size, size, 3))
+  for kernel, stride, padding, size in CONVS:
+    layer = subpixel.Conv2D(4, kernel, stride, padding, algorithm=subpixel.SUBPIXEL)
+    types = _op_types(layer, (2, size, size, subpixel.MIN_SUBPIXEL_INPUT_CHANNELS))
+    assert "Conv2D" in types and "Conv2DBackpropInput" not in types
+  native = keras.layers.Conv2DTranspose(4, 4, 2, "same")
+  assert "Conv2DBackpropInput" in _op_types(native, (2, 4, 4, 3))  # the check can fail
+
+
+def test_native_algorithm_and_few_channels_keep_keras_ops():
+  layer = subpixel.Conv2DTranspose(4, 4, 2, "same", algorithm=subpixel.NATIVE)
+  assert "Conv2DBackpropInput" in _op_types(layer, (2, 4, 4, 3))
+  layer = subpixel.Conv2D(4, 4, 2, "same", algorithm=subpixel.SUBPIXEL)
+  assert "Conv2DBackpropInput" in _op_types(layer, (2, 8, 8, 3))  # RGB input
+
+
+def test_auto_resolves_to_subpixel_without_a_gpu_and_rejects_unknown_names():
+  expected = subpixel.NATIVE if tf.config.list_logical_devices("GPU") else subpixel.SUBPIXEL
+  assert subpixel.resolve("auto") == expected
+  assert subpixel.resolve("native") == subpixel.NATIVE
+  with pytest.raises(ValueError, match="--transposed_conv must be one of"):
+    subpixel.resolve("fast")
+
+
+def test_spectrally_normalised_convolution_gradients_match_native():
+  from age_tf.networks.spectral_norm import SNConv2D  # pylint: disable=g-import-not-at-top
+  shape = (2, 13, 13, subpixel.MIN_SUBPIXEL_INPUT_CHANNELS)
+  native = SNConv2D(5, 4, strides=2, algorithm=subpixel.NATIVE)
+  fast = SNConv2D(5, 4, strides=2, algorithm=subpixel.SUBPIXEL)
+  expected, actual = _pair(native, fast, shape, seed=3)
+  _assert_close(expected, actual)
+  assert "Conv2DBackpropInput" not in _op_types(fast, shape)
+  assert "Conv2DBackpropInput" in _op_types(native, shape)
