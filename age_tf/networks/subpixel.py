@@ -154,13 +154,11 @@ def conv2d(x, kernel, stride, padding):
   return forward(x, kernel)
 
 
-def applies(inputs, kernel_size, strides, dilation_rate=(1, 1),
-            data_format="channels_last", groups=1):
+def applies(inputs, strides, dilation_rate=(1, 1), data_format="channels_last", groups=1):
   """Whether the sub-pixel path covers this layer: static spatial shape, equal strides."""
   return (inputs.shape[1] is not None and inputs.shape[2] is not None
           and strides[0] == strides[1] and tuple(dilation_rate) == (1, 1)
-          and data_format == "channels_last" and groups == 1
-          and len(kernel_size) == 2)
+          and data_format == "channels_last" and groups == 1)
 
 
 def _finish(layer, outputs):
@@ -186,8 +184,7 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
 
   def call(self, inputs):
     if (self.algorithm != SUBPIXEL or self.output_padding is not None
-        or not applies(inputs, self.kernel_size, self.strides, self.dilation_rate,
-                       self.data_format)):
+        or not applies(inputs, self.strides, self.dilation_rate, self.data_format)):
       return super().call(inputs)
     kernel = tf.cast(self.kernel, inputs.dtype)
     if self.padding == "valid" and inputs.shape[1] == inputs.shape[2] == 1:
@@ -215,8 +212,8 @@ class Conv2D(keras.layers.Conv2D):
 
   def call(self, inputs):
     if (self.algorithm != SUBPIXEL or inputs.shape[-1] < MIN_SUBPIXEL_INPUT_CHANNELS
-        or not applies(inputs, self.kernel_size, self.strides, self.dilation_rate,
-                       self.data_format, self.groups)):
+        or not applies(inputs, self.strides, self.dilation_rate, self.data_format,
+                       self.groups)):
       return super().call(inputs)
     kernel = tf.cast(self.kernel, inputs.dtype)
     return _finish(self, conv2d(inputs, kernel, self.strides[0], self.padding.upper()))
