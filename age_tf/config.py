@@ -151,13 +151,12 @@ flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute preci
                   "losses and outputs (Keras mixed_* policies; float16 adds dynamic loss "
                   "scaling). Pays off on GPUs, TPUs and CPUs with native bfloat16 (AVX512_BF16, "
                   "AMX).")
-flags.DEFINE_enum("transposed_conv", "auto", list(TRANSPOSED_CONV_ALGORITHMS), "How the "
-                  "DCGAN networks' 4x4 stride-2 transposed convolutions (the generator's "
-                  "layers, the encoder's input gradients) are computed: subpixel (one "
-                  "stride-1 2x2 convolution to 4x the channels, then the four output phases "
-                  "interleaved; the same numbers, faster on CPUs), native (TensorFlow's "
-                  "Conv2DBackpropInput), auto (AGE: subpixel unless a GPU is visible; the ALI "
-                  "family: native, see the README's Speed section).")
+flags.DEFINE_enum("transposed_conv", "auto", list(TRANSPOSED_CONV_ALGORITHMS), "How "
+                  "transposed convolutions (the generators' layers, every convolution's input "
+                  "gradient) are computed: subpixel (one stride-1 convolution to s*s times the "
+                  "channels, then depth_to_space; the same numbers, faster on CPUs), native "
+                  "(TensorFlow's Conv2DBackpropInput), auto (AGE: subpixel unless a GPU is "
+                  "visible; the ALI family: native, see the README's Speed section).")
 flags.DEFINE_integer("log_every", 50, "Write scalar summaries every this many steps.")
 flags.DEFINE_integer("image_every", 500, "Write sample and reconstruction grids every this "
                      "many steps.")

@@ -191,7 +191,7 @@ def main(argv):
         f"{config.image_size}x{config.image_size}x"
         f"{config.channels} | {config.latent_dim} | {config.width} | "
         f"{config.mixed_precision} | {'on' if config.jit_compile else 'off'} | "
-        f"{subpixel.resolve(config.transposed_conv)} | "
+        f"{METHODS[config.method].transposed_conv(config)} | "
         f"{min(config.steps_per_loop, FLAGS.steps)} | {median:.3f} | "
         f"{seconds.min():.3f}-{seconds.max():.3f} | "
         f"{images_per_second:.0f} | {gflop:.1f} | {gflop / median:.0f} | "

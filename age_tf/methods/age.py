@@ -66,13 +66,14 @@ class AGE(base.BidirectionalModel):
     """AGE with the authors' DCGAN encoder and generator for the config's image size."""
     sphere = config.prior == "sphere"
     shape = (config.image_size, config.channels, config.latent_dim)
+    transposed_conv = cls.transposed_conv(config)
     with base.precision(config):
       encoder = dcgan.build_encoder(*shape, sphere=sphere, width=config.width,
                                     synchronized_bn=synchronized_bn,
-                                    transposed_conv=config.transposed_conv)
+                                    transposed_conv=transposed_conv)
       generator = dcgan.build_generator(*shape, width=config.width,
                                         synchronized_bn=synchronized_bn,
-                                        transposed_conv=config.transposed_conv)
+                                        transposed_conv=transposed_conv)
     return cls(config, base.float32_outputs(encoder), base.float32_outputs(generator))
 
   @classmethod

@@ -6,6 +6,8 @@ import threading
 import keras
 import tensorflow as tf
 
+from age_tf.networks import subpixel
+
 PRIORS = ("sphere", "gaussian")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -228,6 +230,11 @@ class BidirectionalModel(keras.Model):
   def batches_per_step(self):
     """How many real batches one train_step consumes."""
     raise NotImplementedError
+
+  @classmethod
+  def transposed_conv(cls, config):
+    """The algorithm --transposed_conv picks for this method's networks (see subpixel.py)."""
+    return subpixel.resolve(config.transposed_conv)
 
   @classmethod
   def epoch_batches_per_step(cls, config):
