@@ -143,9 +143,10 @@ flags.DEFINE_integer("num_cpu_replicas", 1, "Split the CPU into this many logica
                      "(mirrored replicas on a machine without GPUs).")
 flags.DEFINE_integer("steps_per_loop", 10, "Training steps per tf.function call.")
 flags.DEFINE_bool("jit_compile", False, "Compile each training step with XLA (one replica "
-                  "only). Measured on a 2-core CPU with sub-pixel transposed convolutions: "
-                  "1.41x faster on the CIFAR-10 AGE step, 1.27x on digits; see the README's "
-                  "Speed section.")
+                  "only). Whether it pays depends on the machine: on a 2-core AVX2 CPU (AMD "
+                  "Zen 3) the CIFAR-10 AGE step ran 1.41x faster, on a 2-core AVX512/AMX CPU "
+                  "(Intel Xeon) 1.2x slower, in bfloat16 2x slower; see the README's Speed "
+                  "section.")
 flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision of the "
                   "networks: float32, or bfloat16/float16 compute with float32 variables, "
                   "losses and outputs (Keras mixed_* policies; float16 adds dynamic loss "
@@ -154,9 +155,10 @@ flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute preci
 flags.DEFINE_enum("transposed_conv", "auto", list(TRANSPOSED_CONV_ALGORITHMS), "How "
                   "transposed convolutions (the generators' layers, every convolution's input "
                   "gradient) are computed: subpixel (one stride-1 convolution to s*s times the "
-                  "channels, then depth_to_space; the same numbers, faster on CPUs), native "
-                  "(TensorFlow's Conv2DBackpropInput), auto (AGE: subpixel unless a GPU is "
-                  "visible; the ALI family: native, see the README's Speed section).")
+                  "channels, then depth_to_space; the same numbers; 1.2-1.9x faster steps on an "
+                  "AVX2 CPU, level in float32 on an AVX512 one), native "
+                  "(TensorFlow's Conv2DBackpropInput), auto (subpixel unless a GPU is "
+                  "visible; see the README's Speed section).")
 flags.DEFINE_integer("log_every", 50, "Write scalar summaries every this many steps.")
 flags.DEFINE_integer("image_every", 500, "Write sample and reconstruction grids every this "
                      "many steps.")

@@ -49,6 +49,10 @@ def train(config, strategy=None):
     raise UserError(f"--batch_size={config.batch_size} does not split evenly over {replicas} "
                     f"replicas; use a multiple of {replicas}.")
   _check_jit_compile(config.jit_compile, replicas)  # before anything is written
+  if config.mixed_precision == "bfloat16" and not base.native_bfloat16():
+    logging.warning("--mixed_precision=bfloat16 on a machine without native bfloat16 (no GPU "
+                    "of compute capability 8.0+, no AVX512_BF16 or AMX CPU): TensorFlow "
+                    "emulates it, several times slower than float32. Use float32 here.")
   chief = distribute.is_chief(strategy)
   checkpointing.check_compatible(config)
   if config.deterministic:

@@ -32,6 +32,25 @@ def precision(config):
     keras.config.set_dtype_policy(previous)
 
 
+def native_bfloat16():
+  """Whether this machine computes bfloat16 in hardware.
+
+  A GPU of compute capability 8.0 or later, or a CPU with AVX512_BF16 or AMX
+  (Intel Cooper Lake, Sapphire Rapids and later; AMD Zen 4 and later).
+  Elsewhere TensorFlow emulates bfloat16, several times slower than float32.
+  """
+  for gpu in tf.config.list_physical_devices("GPU"):
+    capability = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+    if capability and tuple(capability) >= (8, 0):
+      return True
+  try:
+    with open("/proc/cpuinfo") as f:
+      flags = set(next((line for line in f if line.startswith("flags")), "").split())
+  except OSError:
+    return False
+  return bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
 def float32_outputs(network):
   """`network` with its outputs cast to float32 (itself when they already are).
 

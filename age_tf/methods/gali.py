@@ -8,7 +8,6 @@ import tensorflow as tf
 from age_tf import divergences
 from age_tf.methods import base
 from age_tf.networks import ali as ali_networks
-from age_tf.networks import subpixel
 
 OBJECTIVES = ("product", "minimax", "misclassification")
 NOISE_SCHEDULES = ("linear", "exponential")
@@ -67,20 +66,6 @@ class AdversarialInference(base.BidirectionalModel):
     self.total_epochs = config.train_steps / max(config.steps_per_epoch, 1)
 
   # -- construction --------------------------------------------------------
-
-  @classmethod
-  def transposed_conv(cls, config):
-    """'auto' is native for the ALI family.
-
-    Sub-pixel layers give the same step to float rounding (1e-8 after one
-    GALI-4 step), but the 920-step GALI-4 digits run of the learning tests
-    then ends at pixel MSE 0.098 against the test's bar of 0.086 (native:
-    0.0853, on the edge); --transposed_conv=subpixel opts in (1.9x faster
-    GALI-4 steps at SVHN size).
-    """
-    if config.transposed_conv == "auto":
-      return subpixel.NATIVE
-    return super().transposed_conv(config)
 
   @classmethod
   def from_config(cls, config, synchronized_bn=False):

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from age_tf.networks import batch_norm
 from age_tf.networks import subpixel
 from age_tf.networks.spectral_norm import SNConv2D
 from age_tf.networks.spectral_norm import SNDense
@@ -43,7 +44,7 @@ def _weights():
 
 def _batch_norm(name, synchronized):
   # PyTorch BatchNorm(momentum=0.1, eps=1e-5) in Keras terms.
-  return keras.layers.BatchNormalization(
+  return batch_norm.BatchNormalization(
       momentum=0.9, epsilon=1e-5, synchronized=synchronized, name=name)
 
 

@@ -3,6 +3,7 @@
 import keras
 import tensorflow as tf
 
+from age_tf.networks import batch_norm
 from age_tf.networks import subpixel
 
 SUPPORTED_IMAGE_SIZES = (32, 64)
@@ -16,7 +17,7 @@ def _weights():
 def _batch_norm(name, synchronized):
   # PyTorch BatchNorm2d(momentum=0.1, eps=1e-5) in Keras terms; DCGAN's
   # weights_init draws gamma from N(1, 0.02).
-  return keras.layers.BatchNormalization(
+  return batch_norm.BatchNormalization(
       momentum=0.9, epsilon=1e-5,
       gamma_initializer=keras.initializers.RandomNormal(1.0, 0.02),
       synchronized=synchronized, name=name)
