@@ -21,7 +21,11 @@ The pipeline is timed on its own: the real training stream of --dataset
 images per second over --data_batches batches after a warm-up, reported as
 a multiple of the training images/s (the target: >= 10x). A tfds dataset that
 is not prepared under --data_dir is reported as not measured, with no
-download attempted.
+download attempted, unless --mock_examples=N: then the stream reads N
+tfds.testing.mock_data examples of the dataset's shape and is timed once a
+full pass has filled the in-memory cache (the steady state of every epoch
+after the first; the first epoch also reads and decodes the files, which
+this does not time), and the cell says "mock".
 
 FLOPs per step are counted from the graph of one training step at the global
 batch (TensorFlow's profiler: Conv2D, its two backprop ops, MatMul; the
@@ -36,6 +40,7 @@ machine whose speed varies from day to day. Peak RSS is the process's
 maximum resident set size at the end.
 """
 
+import contextlib
 import dataclasses
 import os
 import platform
@@ -62,6 +67,11 @@ from age_tf.networks import subpixel
 flags.DEFINE_integer("repeats", 5, "Timed runs; the median and range are reported.")
 flags.DEFINE_integer("steps", 10, "Steps per timed run (a multiple of --steps_per_loop).")
 flags.DEFINE_integer("data_batches", 200, "Batches the input-pipeline timing reads.")
+flags.DEFINE_integer("mock_examples", 0, "If > 0, time the input pipeline of a tfds dataset on "
+                     "this many tfds.testing.mock_data examples (random pixels of the "
+                     "dataset's shape) after one pass has filled the cache: the steady state "
+                     "of every epoch after the first, without reading and decoding files. For "
+                     "datasets not prepared on this machine.")
 FLAGS = flags.FLAGS
 
 
@@ -92,19 +102,36 @@ def time_dataset(config):
   return np.array(seconds), replicas, model.batches_per_step
 
 
+def _mocked(spec):
+  return FLAGS.mock_examples > 0 and spec.source == "tfds"
+
+
 def data_images_per_second(config, batches):
-  """Images/s of the real training stream alone, or None when the data is not on disk."""
+  """Images/s of the training stream alone, or None when the data is not on disk.
+
+  With --mock_examples, a tfds dataset's stream reads tfds.testing.mock_data
+  examples, timed once a full pass has filled the cache.
+  """
   spec = config_lib.dataset_spec(config)
-  try:
-    ds = data.train_dataset(spec, config.batch_size, batches, seed=config.seed,
-                            data_dir=config.data_dir or None, download=False,
-                            cache=config.cache, shuffle_buffer=config.shuffle_buffer)
-  except UserError as e:
-    print(f"input pipeline not measured: {e}")
-    return None
-  iterator = iter(ds)
-  for _ in range(10):  # warm up: fill the shuffle buffer and the cache
-    next(iterator)
+  mock = _mocked(spec)
+  warm_up = 10  # fill the shuffle buffer
+  context = contextlib.nullcontext()
+  if mock:
+    import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+    context = tfds.testing.mock_data(num_examples=FLAGS.mock_examples)
+    spec = dataclasses.replace(spec, num_train=FLAGS.mock_examples)
+    warm_up += -(-FLAGS.mock_examples // (batches * config.batch_size))  # and the cache
+  with context:
+    try:
+      ds = data.train_dataset(spec, config.batch_size, batches, seed=config.seed,
+                              data_dir=config.data_dir or None, download=False,
+                              cache=config.cache, shuffle_buffer=config.shuffle_buffer)
+    except UserError as e:
+      print(f"input pipeline not measured: {e}")
+      return None
+    iterator = iter(ds)
+    for _ in range(warm_up):
+      next(iterator)
   began = time.perf_counter()
   for _ in range(FLAGS.data_batches):
     next(iterator).numpy()
@@ -182,7 +209,8 @@ def main(argv):
   # Real images a step reads (GALI schedules read one batch per update).
   images_per_second = batches * config.batch_size / median
   data_cell = "not measured" if data_rate is None else (
-      f"{data_rate:.0f} ({data_rate / images_per_second:.0f}x)")
+      f"{data_rate:.0f} ({data_rate / images_per_second:.0f}x)"
+      f"{', mock' if _mocked(config_lib.dataset_spec(config)) else ''}")
   print("| method | dataset | replicas | batch | image | M | width | precision | XLA | "
         "transposed conv | steps/call | s/step median | range | images/s | GFLOP/step | GFLOP/s | "
         "of conv peak | data-only images/s | peak RSS (MiB) |")

@@ -9,11 +9,21 @@ it is oneDNN's kernel. The layer below takes that path in training mode and
 keeps everything else Keras's: the variables and their names (checkpoints
 are interchangeable), the moving-average update (the biased batch variance,
 as Keras computes it), inference mode, and synchronized (cross-replica)
-statistics, which the fused op cannot all-reduce.
+statistics, which the fused op cannot all-reduce. Under XLA (--jit_compile)
+it is Keras's call too: XLA fuses those ops itself, and its own lowering of
+FusedBatchNormV3 computes the variance as E[x^2] - E[x]^2, which drifted
+2e-3 from the graph step over three small AGE steps (tests/speed_test.py),
+where Keras's ops stay within 2e-7.
 """
 
 import keras
 import tensorflow as tf
+# tf_keras takes the same look at the graph to tell an XLA context.
+from tensorflow.python.ops import control_flow_util  # pylint: disable=g-direct-tensorflow-import
+
+
+def _in_xla_context():
+  return control_flow_util.GraphOrParentsInXlaContext(tf.compat.v1.get_default_graph())
 
 
 @keras.saving.register_keras_serializable(package="age_tf")
@@ -22,14 +32,18 @@ class BatchNormalization(keras.layers.BatchNormalization):
 
   Same results as Keras's layer to float rounding (tests/networks_test.py):
   outputs, gradients and moving statistics. Falls back to Keras's call for
-  synchronized statistics, masks, renorm, a non-last axis, and inputs other
-  than (batch, channels) or (batch, H, W, channels).
+  synchronized statistics, masks, renorm, a non-last axis, inputs other
+  than (batch, channels) or (batch, H, W, channels), and XLA. Setting the class
+  attribute `fused` to False before a model is traced gives Keras's call
+  everywhere (benchmarks/ablation.py --change=batch_norm).
   """
 
+  fused = True
+
   def _fused_applies(self, inputs, mask):
-    return (not self.synchronized and mask is None and not self.renorm
+    return (self.fused and not self.synchronized and mask is None and not self.renorm
             and self.axis in (-1, len(inputs.shape) - 1) and len(inputs.shape) in (2, 4)
-            and inputs.shape[-1] is not None)
+            and inputs.shape[-1] is not None and not _in_xla_context())
 
   def call(self, inputs, training=None, mask=None):
     if not (training and self.trainable and self._fused_applies(inputs, mask)):

@@ -1,0 +1,52 @@
+#!/usr/bin/env bash
+# The README's Speed tables: every benchmark below in sequence, one at a time
+# (run it on an otherwise idle machine). Takes about 20 minutes on 2 cores.
+#
+#   bash benchmarks/speed_table.sh 2>&1 | tee /tmp/speed.log
+#   TORCH_PYTHON=/path/to/torch-venv/bin/python bash benchmarks/speed_table.sh   # with the authors' row
+#
+# TORCH_PYTHON, if set, is a Python with PyTorch for pytorch_reference.py (the
+# authors' iteration, timed before and after the TensorFlow rows).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+rows() { grep -E '^\| [a-z]|^machine|^measured now|^input pipeline' || true; }
+torch_row() {
+  if [ -n "${TORCH_PYTHON:-}" ]; then
+    echo "== authors' PyTorch iteration ($(date +%T))"
+    "$TORCH_PYTHON" benchmarks/pytorch_reference.py 2>&1 | grep -E '^torch'
+  fi
+}
+throughput() {
+  echo "== throughput.py $* ($(date +%T))"
+  python benchmarks/throughput.py "$@" 2>&1 | rows
+}
+ablation() {
+  echo "== ablation.py $* ($(date +%T))"
+  python benchmarks/ablation.py "$@" 2>&1 | grep -A4 -E '^[a-z_0-9]+: '
+}
+
+torch_row
+# The authors' CIFAR-10 setting; the pipeline on mock CIFAR-10 examples.
+throughput --dataset=cifar10 --repeats=5 --steps=5 --mock_examples=5000
+throughput --dataset=cifar10 --repeats=5 --steps=5 --mixed_precision=bfloat16 --mock_examples=5000
+throughput --dataset=cifar10 --repeats=3 --steps=5 --jit_compile
+throughput --dataset=cifar10 --repeats=3 --steps=5 --steps_per_loop=1
+echo "(next: TF_NUM_INTEROP_THREADS=1, one op at a time)"
+TF_NUM_INTEROP_THREADS=1 throughput --dataset=cifar10 --repeats=3 --steps=5
+# digits (the README's first command) and the other methods.
+for method in age ali gali4 gali_mix; do
+  throughput --dataset=digits --method="$method" --repeats=5 --steps=10
+done
+throughput --dataset=digits --repeats=5 --steps=10 --mixed_precision=bfloat16
+throughput --method=gali4 --dataset=svhn --repeats=3 --steps=3 --mock_examples=5000
+# Each change against its baseline, in one process.
+ablation --change=batch_norm --dataset=cifar10
+ablation --change=batch_norm --dataset=cifar10 --mixed_precision=bfloat16
+ablation --change=transposed_conv --dataset=cifar10
+ablation --change=transposed_conv --dataset=cifar10 --mixed_precision=bfloat16
+ablation --change=transposed_conv --method=gali4 --dataset=svhn
+ablation --change=filter_gradient --dataset=cifar10 --mixed_precision=bfloat16
+ablation --change=jit_compile --dataset=cifar10
+ablation --change=bfloat16 --dataset=cifar10
+torch_row
+echo "== done ($(date +%T))"
