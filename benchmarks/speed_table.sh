@@ -5,24 +5,42 @@
 #   bash benchmarks/speed_table.sh 2>&1 | tee /tmp/speed.log
 #   TORCH_PYTHON=/path/to/torch-venv/bin/python bash benchmarks/speed_table.sh   # with the authors' row
 #
-# TORCH_PYTHON, if set, is a Python with PyTorch for pytorch_reference.py (the
-# authors' iteration, timed before and after the TensorFlow rows).
+# Run it with age_tf's virtualenv active (or PYTHON=/path/to/python). TORCH_PYTHON,
+# if set, is a Python with PyTorch for pytorch_reference.py (the authors'
+# iteration, timed before and after the TensorFlow rows).
 set -uo pipefail
 cd "$(dirname "$0")/.."
-rows() { grep -E '^\| [a-z]|^machine|^measured now|^input pipeline' || true; }
+PYTHON="${PYTHON:-python}"
+if ! "$PYTHON" -c "import tensorflow" 2>/dev/null; then
+  echo "error: $PYTHON cannot import tensorflow; activate age_tf's virtualenv or set PYTHON" >&2
+  exit 2
+fi
+# Runs a benchmark; prints the lines matching $1, or its last lines if it failed.
+run() {
+  local pattern="$1" out
+  shift
+  out="$(mktemp)"
+  if "$@" >"$out" 2>&1; then
+    grep -E -A4 "$pattern" "$out" || true
+  else
+    echo "FAILED: $*"
+    tail -n 20 "$out"
+  fi
+  rm -f "$out"
+}
 torch_row() {
   if [ -n "${TORCH_PYTHON:-}" ]; then
     echo "== authors' PyTorch iteration ($(date +%T))"
-    "$TORCH_PYTHON" benchmarks/pytorch_reference.py 2>&1 | grep -E '^torch'
+    run '^torch' "$TORCH_PYTHON" benchmarks/pytorch_reference.py
   fi
 }
 throughput() {
   echo "== throughput.py $* ($(date +%T))"
-  python benchmarks/throughput.py "$@" 2>&1 | rows
+  run '^machine|^measured now|^input pipeline' "$PYTHON" benchmarks/throughput.py "$@"
 }
 ablation() {
   echo "== ablation.py $* ($(date +%T))"
-  python benchmarks/ablation.py "$@" 2>&1 | grep -A4 -E '^[a-z_0-9]+: '
+  run '^[a-z_0-9]+: ' "$PYTHON" benchmarks/ablation.py "$@"
 }
 
 torch_row

@@ -28,9 +28,11 @@ after the first; the first epoch also reads and decodes the files, which
 this does not time), and the cell says "mock".
 
 FLOPs per step are counted from the graph of one training step at the global
-batch (TensorFlow's profiler: Conv2D, its two backprop ops, MatMul; the
-elementwise ops are not counted), so GFLOP/s is the rate of the convolution
-and matmul work. They are counted on the native formulation of the transposed
+batch (the TensorFlow profiler's per-op statistics: Conv2D, its two backprop
+ops, MatMul, and a few elementwise ops with small counts), so GFLOP/s is
+essentially the rate of the convolution and matmul work. Only ops that run are counted: those the step's outputs and
+variable updates depend on (gradient functions also build filter gradients
+of networks a loss only differentiates through, which TensorFlow prunes). They are counted on the native formulation of the transposed
 convolutions whichever --transposed_conv runs: the sub-pixel one does more
 multiply-adds (up to 1.56x on a 4x4 map) for the same result, and the figure
 is the model's work. The same process measures the machine's float32 peaks (a
@@ -141,8 +143,9 @@ def data_images_per_second(config, batches):
 
 def flops_per_step(config):
   """Floating-point operations of one training step at the global batch, from its graph."""
-  from tensorflow.python.profiler import model_analyzer  # pylint: disable=g-import-not-at-top
-  from tensorflow.python.profiler import option_builder  # pylint: disable=g-import-not-at-top
+  # Registers the flops statistics of Conv2D, its backprop ops and MatMul.
+  from tensorflow.python.profiler.internal import flops_registry  # pylint: disable=g-import-not-at-top,unused-import
+  from tensorflow.python.framework import ops as tf_ops  # pylint: disable=g-import-not-at-top
   config = dataclasses.replace(config, transposed_conv=subpixel.NATIVE)
   model = METHODS[config.method].from_config(config)
   model.build_optimizers()
@@ -156,9 +159,23 @@ def flops_per_step(config):
       return model.train_step(images)
 
   graph = one_step.get_concrete_function(tf.TensorSpec(shape, tf.float32)).graph
-  options = option_builder.ProfileOptionBuilder.float_operation()
-  options["output"] = "none"
-  return model_analyzer.profile(graph, options=options).total_float_ops
+  # Only what runs: the ops the outputs and the variable updates depend on.
+  # Gradient functions also build ops nothing uses (the filter gradients of
+  # a network that a loss only differentiates through), which TensorFlow
+  # prunes before running the step.
+  graph_def = graph.as_graph_def()
+  sinks = [node.name for node in graph_def.node
+           if node.op.startswith(("Assign", "ResourceApply"))]
+  sinks += [tensor.op.name for tensor in graph.outputs]
+  runs = {node.name for node in tf.compat.v1.graph_util.extract_sub_graph(graph_def, sinks).node}
+  total = 0
+  for op in graph.get_operations():  # the profiler's per-op counts (ops.RegisterStatistics)
+    if op.name in runs:
+      try:
+        total += tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+      except ValueError:  # an op whose shapes are not all known: not counted
+        pass
+  return total
 
 
 def _median_seconds(fn, *args, repeats=5):
