@@ -145,7 +145,7 @@ flags.DEFINE_integer("steps_per_loop", 10, "Training steps per tf.function call.
 flags.DEFINE_bool("jit_compile", False, "Compile each training step with XLA (one replica "
                   "only). Whether it pays depends on the machine: on a 2-core AVX2 CPU (AMD "
                   "Zen 3) the CIFAR-10 AGE step ran 1.41x faster, on a 2-core AVX512/AMX CPU "
-                  "(Intel Xeon) 1.2x slower, in bfloat16 2x slower; see the README's Speed "
+                  "(Intel Xeon) 1.2-1.3x slower, in bfloat16 2x slower; see the README's Speed "
                   "section.")
 flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision of the "
                   "networks: float32, or bfloat16/float16 compute with float32 variables, "

@@ -30,7 +30,7 @@ def _in_xla_context():
 class BatchNormalization(keras.layers.BatchNormalization):
   """keras.layers.BatchNormalization; training mode runs FusedBatchNormV3.
 
-  Same results as Keras's layer to float rounding (tests/networks_test.py):
+  Same results as Keras's layer to float rounding (tests/batch_norm_test.py):
   outputs, gradients and moving statistics. Falls back to Keras's call for
   synchronized statistics, masks, renorm, a non-last axis, inputs other
   than (batch, channels) or (batch, H, W, channels), and XLA. Setting the class
