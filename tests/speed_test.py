@@ -11,6 +11,7 @@ from age_tf import distribute
 from age_tf import loop
 from age_tf.methods import METHODS
 from age_tf.methods import base
+from age_tf.networks import batch_norm
 
 from conftest import read_events
 
@@ -78,6 +79,11 @@ def test_an_xla_step_computes_what_the_graph_step_does(method, steps, monkeypatc
   # Adam's epsilon 1e-3 keeps every update proportional to its gradient (with
   # 1e-8 a gradient element that nearly cancels moves its weight by up to
   # the learning rate, whatever rounding computed it).
+  # Under XLA BatchNorm runs Keras's ops (networks/batch_norm.py); the graph
+  # step here does too, so the two differ only by XLA. (Fused against Keras's
+  # BatchNorm is batch_norm_test's: equal to 1e-6 per call, but over three
+  # steps Adam amplified that rounding to 2e-4 in a CI run.)
+  monkeypatch.setattr(batch_norm.BatchNormalization, "fused", False)
   graph, xla = build(method, adam_epsilon=1e-3), build(method, adam_epsilon=1e-3)
   for a, b in zip(graph.variables, xla.variables):
     b.assign(a)
