@@ -88,11 +88,12 @@ def compare_steps(reference, other, steps, jit_compile=False):
 # AGE's generator loss (z_recon weight 1000) has gradients of 1 to 70, for
 # which Adam's first updates are nearly lr * sign(gradient): with the digits
 # config's tiny networks (width 4, batch 16) 1e-7 rounding differences then
-# moved some weights by 1e-3 (a whole update) within one step for about one
-# initial state in eight, XLA against graph and fused against Keras's
-# BatchNorm alike. Epsilon 1e3 makes Adam's update proportional to the
-# gradient (SGD with a learning rate of about 1e-3). GALI-4's gradients are
-# small enough at epsilon 1e-3.
+# moved some weights by 1e-3 (a whole update) within one step for some
+# initial states (2 of the 16 looked at), XLA against graph and fused
+# against Keras's BatchNorm alike. With epsilon 1e3 Adam's update is
+# proportional to the gradient (gradient descent with a small step, which
+# learning rate 1 brings to moves of 1e-3). GALI-4's gradients are small
+# enough at epsilon 1e-3.
 STEADY_ADAM = {"age": dict(adam_epsilon=1e3, learning_rate=1.0), "gali4": dict(adam_epsilon=1e-3)}
 
 
