@@ -111,8 +111,9 @@ def _filter_gradient(inputs, kernel, out_backprop, stride, padding):
   where it is the patches of `inputs` times out_backprop as one matmul:
   oneDNN's half-precision filter-gradient kernel runs those 1.5-4x slower
   than the matmul (the CIFAR-10 AGE step in bfloat16: 1.20x faster on an AMX
-  CPU, benchmarks/ablation.py --change=filter_gradient). In float32 the two are level per layer and the matmul made the
-  whole step 6% slower, so float32 keeps Conv2DBackpropFilter.
+  CPU, benchmarks/ablation.py --change=filter_gradient). In float32 the two
+  are level per layer and the matmul made the whole step 6% slower, so
+  float32 keeps Conv2DBackpropFilter.
   """
   k_rows, k_cols, channels, filters = kernel.shape
   small = out_backprop.shape[1] * out_backprop.shape[2] <= MAX_MATMUL_FILTER_GRADIENT_AREA
