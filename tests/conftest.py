@@ -38,6 +38,20 @@ def read_events(model_dir):
   return accumulator
 
 
+# Adam settings under which a training step is a smooth function of its
+# inputs, for tests that compare two computations of the same step (XLA,
+# sub-pixel convolutions, 2 replicas). AGE's generator loss (z_recon weight
+# 1000) has gradients of 1 to 70, for which Adam's first updates are nearly
+# lr * sign(gradient): with the digits config's tiny networks (width 4,
+# batch 16) 1e-7 rounding differences then moved some weights by a whole
+# update within one step for some initial states (XLA against graph, fused
+# against Keras's BatchNorm, 2 replicas against one alike; gradients agreed
+# to 1e-6). With epsilon 1e3 Adam's update is proportional to the gradient
+# (gradient descent with a small step, which learning rate 1 brings to moves
+# of 1e-3). GALI-4's gradients are small enough at epsilon 1e-3.
+STEADY_ADAM = {"age": dict(adam_epsilon=1e3, learning_rate=1.0), "gali4": dict(adam_epsilon=1e-3)}
+
+
 # The learning run is the README's first command, as written but for the
 # model_dir: digits with its defaults, 40 epochs of 23 steps (about two and a
 # half minutes on a 2-core CPU). Tests of learning, TensorBoard events, PNGs

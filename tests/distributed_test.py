@@ -14,7 +14,7 @@ import time
 
 import tensorflow as tf
 
-from conftest import ROOT, run_module
+from conftest import ROOT, STEADY_ADAM, run_module
 
 ESTIMATOR_CHECK = r"""
 import json
@@ -52,18 +52,18 @@ print("RESULT" + json.dumps(result))
 """
 
 
-# One compiled training step (the loop's own) of each method on one device and
-# on 2 replicas, from the same weights, on the same global batch: the
-# replicated step splits the batch and each replica keeps its slice of the
-# global batch's random draws (z, eps, instance noise), so both must end with
-# the same weights up to float32 reduction order. Adam's first update is
-# lr * g / (|g| + epsilon): with the default epsilon (1e-8) it turns the
-# rounding error of a gradient element that nearly cancels into an update of
-# up to lr, whatever computed it (one device against itself with another
-# reduction order does the same), so the check uses epsilon 1e-3, which keeps
-# every update proportional to its gradient.
+# Compiled training steps (the loop's own, 2 in one call for AGE) of each
+# method on one device and on 2 replicas, from the same weights, on the same
+# global batch: the replicated step splits the batch and each replica keeps
+# its slice of the global batch's random draws (z, eps, instance noise), so
+# both must end with the same weights up to float32 reduction order. Adam
+# runs in the settings under which a step is a smooth function of its inputs
+# (conftest.STEADY_ADAM): with epsilon 1e-3 and AGE's learning rate the
+# reduction order alone moved weights by up to 60% of an update for 3 of 6
+# initial states (a CI run saw 1.5e-3 against moves of 4e-3).
 STEP_CHECK = r"""
 import json
+import keras
 import numpy as np
 import tensorflow as tf
 from age_tf import config as config_lib, distribute, loop
@@ -73,13 +73,14 @@ from age_tf.methods import METHODS
 # with thread scheduling. Without it, one full-suite run on a loaded machine
 # saw AGE's weights differ by 6e-4 where four other runs differed by 1e-7.
 tf.config.experimental.enable_op_determinism()
-tf.random.set_seed(0)
+keras.utils.set_random_seed(0)
 mirrored = distribute.make_strategy("mirrored", num_cpu_replicas=2)
 single = tf.distribute.OneDeviceStrategy("/cpu:0")
 result = {}
 for method, steps in (("age", 2), ("gali4", 1)):
   config = config_lib.resolve(dict(method=method, dataset="digits", width=4, batch_size=16,
-                                   train_steps=10, adam_epsilon=1e-3, model_dir="/tmp/unused"))
+                                   train_steps=10, model_dir="/tmp/unused",
+                                   **STEADY_ADAM[method]))
 
   def build(strategy):
     with strategy.scope():
@@ -113,7 +114,7 @@ for method, steps in (("age", 2), ("gali4", 1)):
   result[method] = dict(max_diff=max(diffs.values()), worst=max(diffs, key=diffs.get),
                         moved=moved, count=len(diffs))
 print("RESULT" + json.dumps(result))
-"""
+""".replace("STEADY_ADAM", repr(STEADY_ADAM))
 
 
 def test_a_replicated_step_computes_what_one_device_does():
@@ -124,11 +125,15 @@ def test_a_replicated_step_computes_what_one_device_does():
   result = json.loads(out.stdout.split("RESULT", 1)[1])
   print(result)
   for method, r in result.items():
-    # The step changed the weights (by about the learning rate), and every
-    # variable (weights, BatchNorm statistics, spectral-norm vectors) agrees
-    # between 1 and 2 replicas far below that.
+    # The steps changed the weights, and every variable (weights, BatchNorm
+    # statistics, spectral-norm vectors) agrees between 1 and 2 replicas far
+    # below that. Measured over 14 initial states for AGE (seeds 0-13) and 7
+    # for GALI-4: at most 0.17% and 0.03% of the largest move (1.0% in one CI
+    # run of GALI-4 from unseeded weights). Not dividing the
+    # loss by the replica count gave 93% and 25%, BatchNorm statistics that
+    # are not synchronized 15% and 170%.
     assert r["moved"] > 1e-4, (method, r)
-    assert r["max_diff"] < 1e-5, (method, r)
+    assert r["max_diff"] < 0.05 * r["moved"], (method, r)
 
 
 def test_estimators_use_the_global_batch_across_replicas():
