@@ -129,9 +129,9 @@ def test_a_replicated_step_computes_what_one_device_does():
     # statistics, spectral-norm vectors) agrees between 1 and 2 replicas far
     # below that. Measured over 14 initial states for AGE (seeds 0-13) and 7
     # for GALI-4: at most 0.17% and 0.03% of the largest move (1.0% in one CI
-    # run of GALI-4 from unseeded weights). Not dividing the
-    # loss by the replica count gave 93% and 25%, BatchNorm statistics that
-    # are not synchronized 15% and 170%.
+    # run of GALI-4 from unseeded weights). Not dividing the loss by the
+    # replica count gave 93% and 25%, BatchNorm statistics that are not
+    # synchronized 15% and 170%.
     assert r["moved"] > 1e-4, (method, r)
     assert r["max_diff"] < 0.05 * r["moved"], (method, r)
 

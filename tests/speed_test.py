@@ -88,8 +88,9 @@ def assert_same_steps(reference, other, steps=3, jit_compile=False):
   for step, (moved, (diff, path), metrics) in enumerate(
       compare_steps(reference, other, steps, jit_compile)):
     assert moved > 1e-4, step
-    # Measured over 16 initial states (seeds 0-15): at most 0.3% (XLA) and 1.2% (sub-pixel)
-    # of the step's largest move for AGE, 0.5% and 0.02% for GALI-4.
+    # Measured over 16 initial states (seeds 0-15): at most 0.3% (XLA) and
+    # 1.2% (sub-pixel) of the step's largest move for AGE, 0.5% and 0.02% for
+    # GALI-4.
     assert diff < 0.1 * moved, (step, moved, diff, path)
     for name in reference.metric_names:
       np.testing.assert_allclose(float(metrics[1][name]), float(metrics[0][name]),
@@ -135,7 +136,7 @@ def test_an_xla_step_computes_what_the_graph_step_does(method, monkeypatch):
   # step here does too, so the two differ only by XLA. (Fused against Keras's
   # BatchNorm is batch_norm_test's.)
   monkeypatch.setattr(batch_norm.BatchNormalization, "fused", False)
-  keras.utils.set_random_seed(0)  # initial weights among the states measured (conftest)
+  keras.utils.set_random_seed(0)  # initial weights among those measured (assert_same_steps)
   graph, xla = build(method, **STEADY_ADAM[method]), build(method, **STEADY_ADAM[method])
   assert_same_steps(graph, xla, jit_compile=True)
 
