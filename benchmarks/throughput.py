@@ -36,9 +36,10 @@ are counted: those the step's outputs and variable updates depend on
 differentiates through, which TensorFlow prunes). They are counted on the
 native formulation of the transposed convolutions whichever
 --transposed_conv runs: the sub-pixel one does more multiply-adds (up to
-1.56x on a 4x4 map) for the same result, and the figure is the model's work. The same process measures the machine's float32 peaks (a
-2048x2048 matmul and a 3x3 convolution of 64x32x32x128 to 128 channels,
-medians of 5), so the ratio to the peak compares like with like on a
+1.56x on a 4x4 map) for the same result, and the figure is the model's
+work. The same process measures the machine's float32 peaks (a 2048x2048
+matmul and a 3x3 convolution of 64x32x32x128 to 128 channels, medians of
+5), so the ratio to the peak compares like with like on a
 machine whose speed varies from day to day. Peak RSS is the process's
 maximum resident set size at the end.
 """
