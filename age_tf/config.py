@@ -29,8 +29,9 @@ flags.DEFINE_string("data_dir", None, "tensorflow_datasets data directory "
                     "(default: tfds's own, ~/tensorflow_datasets).")
 flags.DEFINE_bool("download", True, "Download and prepare a tfds dataset that is not in "
                   "--data_dir (fails within seconds when offline).")
-flags.DEFINE_enum("svhn_split", "train", list(data.SVHN_SPLITS),
-                  "SVHN training split; train+extra adds the 531k 'extra' images.")
+flags.DEFINE_enum("svhn_split", None, list(data.SVHN_SPLITS),
+                  "SVHN training images: train (73,257), extra (531,131) or train+extra "
+                  "(default: the authors' per method: extra for the ALI family, train for AGE).")
 flags.DEFINE_integer("image_size", None, "Image size the networks see (32 or 64); "
                      "default: the dataset's (folder: 32).")
 flags.DEFINE_integer("channels", None, "Channels of folder: images (1 or 3, default 3).")
@@ -91,16 +92,15 @@ flags.DEFINE_string("feature_model", "", "GALI-PT's frozen feature model M: a cl
                     "or 'inception' (InceptionV3 pool features; needs --inception_weights).")
 flags.DEFINE_string("inception_weights", "", "Local file of Keras InceptionV3 no-top weights "
                     "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5).")
-flags.DEFINE_enum("pt_features", "authors", list(gali.PT_FEATURES), "GALI-PT's features in "
-                  "the (x, E(G(E(x)))) class: M(x) (authors' code) or M(G(E(x))) (paper text).")
 flags.DEFINE_enum("mask_sampler", "uniform", list(gali.MASK_SAMPLERS), "GALI-mix encoder "
                   "masks: uniform rectangles (height and width uniform in 0..--mask_max_size, "
                   "placed to fit), authors (their sampler, horizontal range from the height), "
                   "or central squares of --mask_max_size.")
 flags.DEFINE_integer("mask_max_size", None, "GALI-mix: largest mask side (default: the "
                      "image size, as the paper).")
-flags.DEFINE_float("mask_fill", -1.0, "GALI-mix: the value masked pixels take (-1: black, "
-                   "as in the paper's figures).")
+flags.DEFINE_float("mask_fill", -2.0, "GALI-mix: the value masked pixels of every encoder "
+                   "input take (authors' code: -2, outside the image range [-1, 1], so the "
+                   "encoder can tell a hole from black pixels; -1 is black).")
 
 flags.DEFINE_integer("batch_size", None, "Global batch size, split across replicas "
                      "(default: 64 for AGE, 100 for ALI/GALI; CelebA GALI-PT 20).")
@@ -208,7 +208,6 @@ class Config:
   noise_schedule: str
   feature_model: str
   inception_weights: str
-  pt_features: str
   mask_sampler: str
   mask_max_size: int
   mask_fill: float
@@ -278,11 +277,15 @@ def resolve(values):
   if raw["strategy"] not in distribute.STRATEGIES:
     raise UserError(f"Unknown --strategy={raw['strategy']!r}; valid strategies: "
                     f"{', '.join(distribute.STRATEGIES)}.")
-  spec = data.get_spec(raw["dataset"], raw["image_size"], raw["channels"], raw["svhn_split"])
+  svhn_split = raw["svhn_split"] or "train"
+  spec = data.get_spec(raw["dataset"], raw["image_size"], raw["channels"], svhn_split)
   defaults = METHODS[raw["method"]].paper_defaults(spec)
   for key, value in defaults.items():
     if raw.get(key) is None:
       raw[key] = value
+  raw["svhn_split"] = raw["svhn_split"] or "train"
+  if raw["svhn_split"] != svhn_split:  # the method's default split (the number of images)
+    spec = data.get_spec(raw["dataset"], raw["image_size"], raw["channels"], raw["svhn_split"])
   raw["image_size"], raw["channels"] = spec.image_size, spec.channels
   if not raw["model_dir"]:
     safe = raw["dataset"].replace(data.FOLDER_PREFIX, "folder_").replace(os.sep, "_")
@@ -328,7 +331,7 @@ _AGE_FLAGS = ("generator_steps", "z_recon_weight", "kl_estimator", "kl_reduction
               "z_recon_loss", "generator_x_recon_weight")
 _GALI_FLAGS = ("gali_objective", "d_steps", "simultaneous_updates", "instance_noise",
                "noise_schedule")
-_GALI_PT_FLAGS = ("feature_model", "inception_weights", "pt_features")
+_GALI_PT_FLAGS = ("feature_model", "inception_weights")
 _GALI_MIX_FLAGS = ("mask_sampler", "mask_max_size", "mask_fill")
 
 

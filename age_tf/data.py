@@ -13,7 +13,7 @@ from age_tf.errors import UserError
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif")
 FOLDER_PREFIX = "folder:"
-SVHN_SPLITS = ("train", "train+extra")
+SVHN_SPLITS = ("train", "extra", "train+extra")
 CACHE_MODES = ("auto", "memory", "none")
 DIGITS_TEST_SIZE = 300
 DIGITS_SPLIT_SEED = 0
@@ -65,8 +65,9 @@ def get_spec(name, image_size=None, channels=None, svhn_split="train"):
     if name == "svhn":
       if svhn_split not in SVHN_SPLITS:
         raise UserError(f"--svhn_split={svhn_split!r} is not valid; use one of {SVHN_SPLITS}.")
-      extra = _SVHN_EXTRA if svhn_split == "train+extra" else 0
-      spec = dataclasses.replace(spec, train_split=svhn_split, num_train=spec.num_train + extra)
+      num_train = {"train": spec.num_train, "extra": _SVHN_EXTRA,
+                   "train+extra": spec.num_train + _SVHN_EXTRA}[svhn_split]
+      spec = dataclasses.replace(spec, train_split=svhn_split, num_train=num_train)
   else:
     raise UserError(f"Unknown --dataset={name!r}; valid datasets: {', '.join(DATASET_NAMES)}.")
   if channels not in (None, spec.channels):

@@ -43,6 +43,8 @@ def test_tfds_datasets_through_mock_data(name, size, channels, tmp_path):
 def test_svhn_extra_split_is_used_and_counted(tmp_path):
   spec = data.get_spec("svhn", svhn_split="train+extra")
   assert spec.train_split == "train+extra" and spec.num_train == 73257 + 531131
+  extra = data.get_spec("svhn", svhn_split="extra")
+  assert extra.train_split == "extra" and extra.num_train == 531131
   with tfds.testing.mock_data(num_examples=6):
     assert_images(take_train(spec, batch=2, data_dir=str(tmp_path)), (3, 2, 32, 32, 3))
   with pytest.raises(UserError, match="svhn_split"):

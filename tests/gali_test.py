@@ -134,14 +134,13 @@ def test_gali8_tuples_are_the_eight_orderings():
         close(tensor, values[name])
 
 
-@pytest.mark.parametrize("pt_features,recon_feature", [("authors", 100), ("paper", 111)])
-def test_gali_pt_adds_features_of_each_tuples_image(pt_features, recon_feature):
-  model = standin_model("gali_pt", pt_features=pt_features)
+def test_gali_pt_adds_features_of_each_tuples_image():
+  model = standin_model("gali_pt")
   x = real_images()
   a = level(x)
   (x0, e, y0), (x1, eger, y1), (f, z, y2), (fr, _, y3) = model.tuples(x)
   close(y0, a + 100)                        # M(x)
-  close(y1, a + recon_feature)              # M(x) (authors) or M(G(E(x))) (paper)
+  close(y1, a + 111)                        # M(G(E(x))): the reconstruction's features
   m = z.numpy().mean(1)
   close(y2, m + 110)                        # M(G(z))
   close(y3, m + 110)                        # M(G(z)) for G(E(G(z))) too (authors and paper)
@@ -175,10 +174,11 @@ def test_gali_mix_tuples_share_codes_and_mix_images():
       box = from_r[i, rows.min():rows.max() + 1, cols.min():cols.max() + 1, 0]
       assert box.all() and rows.size == box.size
       assert not np.allclose(z1.numpy()[i], unmasked[i])
-  # G(zf) with zf = E(mask(G(z))): G(z) has level m + 10 and the fill is -1, so the masked
-  # image's mean lies in [-1, m + 10], zf in [0, m + 11] and G(zf) in [10, m + 21].
+  # G(zf) with zf = E(mask(G(z))): G(z) has level m + 10 and the fill is -2, so the masked
+  # image's mean lies in [-2, m + 10], zf in [-1, m + 11] and G(zf) in [9, m + 21].
+  assert model.config.mask_fill == -2.0  # the authors' fill, outside the image range
   m = z.numpy().mean(1)
-  assert (level(gzf) >= 10 - 1e-4).all() and (level(gzf) <= m + 21 + 1e-4).all()
+  assert (level(gzf) >= 9 - 1e-4).all() and (level(gzf) <= m + 21 + 1e-4).all()
 
 
 @pytest.mark.parametrize("sampler", ["uniform", "authors"])
@@ -264,12 +264,14 @@ def test_instance_noise_decays_per_epoch(schedule):
   for step in (0, 22, 23, 229):
     model.generator_encoder_optimizer.iterations.assign(step)
     stds.append(float(model.noise_std()))
-  assert stds[0] == stds[1] == pytest.approx(0.1)  # constant within an epoch
+  # Epochs count from 1 (the authors' loop): epoch e of N = 10 has 0.1 * (N - e) / N,
+  # 0.09 in the first and exactly 0 in the last.
   if schedule == "linear":
-    assert stds[2] == pytest.approx(0.09) and stds[3] == pytest.approx(0.01)
+    assert stds[0] == stds[1] == pytest.approx(0.09)  # constant within an epoch
+    assert stds[2] == pytest.approx(0.08) and stds[3] == 0.0
   else:
-    assert stds[2] == pytest.approx(0.1 * 0.01 ** 0.1) and stds[3] == pytest.approx(
-        0.1 * 0.01 ** 0.9)
+    assert stds[0] == stds[1] == pytest.approx(0.1 * 0.01 ** 0.1)
+    assert stds[2] == pytest.approx(0.1 * 0.01 ** 0.2) and stds[3] == pytest.approx(0.001)
 
 
 # --------------------------------------------------------------- real networks

@@ -63,7 +63,7 @@ def test_parameter_counts_match_the_authors_networks(size, channels, latent):
 
 
 def test_cifar10_parameter_counts_from_reference():
-  # REFERENCE.md: encoder 1,183,616 and generator 3,934,595 parameters.
+  # The authors' CIFAR-10 networks: encoder 1,183,616 and generator 3,934,595 parameters.
   assert trainable_count(dcgan.build_encoder(32, 3, 128)) == 1_183_616
   assert trainable_count(dcgan.build_generator(32, 3, 128)) == 3_934_595
 
@@ -79,6 +79,21 @@ def test_dcgan_initialisation_and_batchnorm_settings():
   assert abs(gammas.mean() - 1.0) < 0.005 and 0.015 < gammas.std() < 0.025
   for layer in norms:
     assert layer.momentum == pytest.approx(0.9) and layer.epsilon == pytest.approx(1e-5)
+
+
+@pytest.mark.parametrize("size", [32, 64])
+def test_output_biases_keep_pytorchs_default_initialisation(size):
+  # The authors' weights_init redraws kernels and BatchNorm only: a conv bias keeps
+  # PyTorch's uniform(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in channels x kernel taps.
+  encoder = dcgan.build_encoder(size, 3, 512, width=16)
+  bias = encoder.get_layer("conv_out").bias.numpy()
+  bound = 1.0 / np.sqrt((16 * (8 if size == 64 else 4)) * 16)
+  assert np.abs(bias).max() <= bound and np.abs(bias).max() > 0.9 * bound
+  assert abs(bias.std() - bound / np.sqrt(3.0)) < 0.1 * bound  # uniform, not normal or zero
+  if size == 32:  # the 1x1 output conv from 2w channels; 64x64 ends in a bias-free convT
+    generator = dcgan.build_generator(32, 3, 8, width=16)
+    bias = generator.get_layer("conv_out").bias.numpy()
+    assert np.abs(bias).max() <= 1.0 / np.sqrt(32) and np.abs(bias).max() > 0
 
 
 def test_generator_output_layer_spatial_sizes():

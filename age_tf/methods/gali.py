@@ -12,7 +12,6 @@ from age_tf.networks import ali as ali_networks
 OBJECTIVES = ("product", "minimax", "misclassification")
 NOISE_SCHEDULES = ("linear", "exponential")
 MASK_SAMPLERS = ("uniform", "authors", "central")
-PT_FEATURES = ("authors", "paper")
 # The exponential instance-noise schedule ends at this fraction of its start
 # (the paper gives no rate; an exponential never reaches 0).
 EXPONENTIAL_NOISE_END = 0.01
@@ -107,6 +106,8 @@ class AdversarialInference(base.BidirectionalModel):
     else:
       table = _SVHN if cls.method_name in ("ali", "bigan", "alice", "gali8") else (
           _SVHN_SIMULTANEOUS)
+    if spec.name == "svhn":  # every authors' SVHN script trains on the extra split alone
+      table = dict(table, svhn_split="extra")
     return dict(table, **cls.method_defaults(spec))
 
   @classmethod
@@ -189,10 +190,16 @@ class AdversarialInference(base.BidirectionalModel):
     raise NotImplementedError
 
   def noise_std(self):
-    """Instance-noise std for this step: --instance_noise decaying over the epochs."""
+    """Instance-noise std for this step: --instance_noise decaying over the epochs.
+
+    Epochs count from 1 as in the authors' loop: in epoch e of N the linear
+    schedule gives instance_noise * (N - e) / N, so 0.099 in the first epoch
+    of 100 and exactly 0 in the last; the exponential one
+    instance_noise * EXPONENTIAL_NOISE_END ** (e / N).
+    """
     cfg = self.config
     step = tf.cast(self.generator_encoder_optimizer.iterations, tf.float32)
-    epoch = tf.floor(step / max(cfg.steps_per_epoch, 1))
+    epoch = tf.floor(step / max(cfg.steps_per_epoch, 1)) + 1.0
     progress = tf.minimum(epoch / self.total_epochs, 1.0)
     if cfg.noise_schedule == "linear":
       return cfg.instance_noise * (1.0 - progress)
@@ -417,9 +424,11 @@ class GALI8(AdversarialInference):
 class GALIPT(GALI4):
   """GALI-PT: GALI-4 tuples with y = M(image) of a frozen pretrained feature model M.
 
-  Gradients flow through M into G and E; M is never updated. The fourth class
-  uses M(G(z)) (authors and paper). The second class uses M(x) (authors'
-  code) or M(G(E(x))) (paper text), by --pt_features.
+  The classes are (x, E(x), M(x)), (x, E(G(E(x))), M(G(E(x)))), (G(z), z, M(G(z)))
+  and (G(E(G(z))), z, M(G(z))), as in the paper's text and the authors' SVHN
+  and CelebA scripts: the second class carries the features of the
+  reconstruction, the feature-level reconstructive feedback. Gradients flow
+  through M into G and E; M is never updated.
   """
 
   method_name = "gali_pt"
@@ -430,8 +439,7 @@ class GALIPT(GALI4):
 
   def tuples(self, images):
     z, e, x_recon, f, f_recon = self.chains(images)
-    y_real, y_fake = self.features(images), self.features(f)
-    y_recon = self.features(x_recon) if self.config.pt_features == "paper" else y_real
+    y_real, y_recon, y_fake = self.features(images), self.features(x_recon), self.features(f)
     return [[images, e, y_real], [images, self.sample_codes(x_recon), y_recon],
             [f, z, y_fake], [f_recon, z, y_fake]]
 

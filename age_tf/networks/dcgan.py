@@ -35,10 +35,22 @@ class SphereProjection(keras.layers.Layer):
     return project_to_sphere(inputs)
 
 
-def _conv(filters, kernel, stride, padding, use_bias, name, algorithm):
+def torch_default_bias(fan_in):
+  """PyTorch's default bias initialisation: uniform in +-1/sqrt(fan_in).
+
+  The authors' weights_init redraws only the kernels and BatchNorm's
+  parameters, so the biases of their output convolutions keep this draw;
+  fan_in is the layer's input channels times its kernel taps.
+  """
+  bound = 1.0 / fan_in ** 0.5
+  return keras.initializers.RandomUniform(-bound, bound)
+
+
+def _conv(filters, kernel, stride, padding, use_bias, name, algorithm, fan_in=None):
   return subpixel.Conv2D(
       filters, kernel, strides=stride, padding=padding, use_bias=use_bias,
-      kernel_initializer=_weights(), bias_initializer="zeros", name=name,
+      kernel_initializer=_weights(),
+      bias_initializer=torch_default_bias(fan_in) if use_bias else "zeros", name=name,
       algorithm=algorithm)
 
 
@@ -53,7 +65,8 @@ def build_encoder(image_size, channels, latent_dim, sphere=True, width=64,
   """The AGE encoder e(x): images in [-1, 1] -> (batch, latent_dim) codes.
 
   32x32: conv 4x4/2 (w, no BN) - 2w - 4w (BN) - conv 4x4/2 to latent_dim
-  (bias) - 2x2 average pool. 64x64: conv 4x4/2 (w, no BN) - 2w - 4w - 8w (BN)
+  (bias, PyTorch's default initialisation as in the authors' code) - 2x2
+  average pool. 64x64: conv 4x4/2 (w, no BN) - 2w - 4w - 8w (BN)
   - conv 4x4/1 valid to latent_dim. LeakyReLU(0.2) between; the output is
   projected onto the unit sphere when `sphere` (the paper's latent space).
   `transposed_conv` picks how the input gradients of the 4x4/2 convolutions
@@ -69,11 +82,12 @@ def build_encoder(image_size, channels, latent_dim, sphere=True, width=64,
     if i > 0:
       h = _batch_norm(f"bn{i}", synchronized_bn)(h)
     h = keras.layers.LeakyReLU(LEAKY_SLOPE, name=f"lrelu{i}")(h)
+  fan_in = widths[-1] * 4 * 4
   if image_size == 32:
-    h = _conv(latent_dim, 4, 2, "same", True, "conv_out", algorithm)(h)  # 2x2
+    h = _conv(latent_dim, 4, 2, "same", True, "conv_out", algorithm, fan_in)(h)  # 2x2
     h = keras.layers.AveragePooling2D(2, name="avg_pool")(h)
   else:
-    h = _conv(latent_dim, 4, 1, "valid", True, "conv_out", algorithm)(h)  # 1x1
+    h = _conv(latent_dim, 4, 1, "valid", True, "conv_out", algorithm, fan_in)(h)  # 1x1
   codes = keras.layers.Flatten(name="codes")(h)
   if sphere:
     codes = SphereProjection(name="sphere")(codes)
@@ -106,7 +120,7 @@ def build_generator(image_size, channels, latent_dim, width=64,
     h = _batch_norm(f"bn{i}", synchronized_bn)(h)
     h = keras.layers.ReLU(name=f"relu{i}")(h)
   if image_size == 32:
-    h = _conv(channels, 1, 1, "valid", True, "conv_out", algorithm)(h)
+    h = _conv(channels, 1, 1, "valid", True, "conv_out", algorithm, widths[-1])(h)
   else:
     h = _deconv(channels, 4, 2, "same", "deconv_out", algorithm)(h)
   images = keras.layers.Activation("tanh", name="tanh")(h)
