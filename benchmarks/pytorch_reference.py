@@ -7,7 +7,7 @@ Not part of age_tf (which needs no PyTorch): a faithful re-statement of the
 iteration in DmitryUlyanov/AGE's train.py with its dcgan32 networks, so the
 TensorFlow step (benchmarks/throughput.py --dataset=cifar10) can be compared
 with it in the same session on the same machine. The networks' parameter
-counts are checked against REFERENCE.md's counts of the authors' models
+counts are checked against the authors' models' counts
 (encoder 1,183,616; generator 3,934,595). One iteration: one encoder update
 (KL(e(x)) - KL(e(g(z))) + 10 L1(x, g(e(x))), g(z) detached) and two generator
 updates (KL(e(g(z))) + 1000 (2 - mean(z e(g(z))))), Adam(2e-4, (0.5, 0.999)),

@@ -65,7 +65,7 @@ def test_ideal_sphere_kl_is_the_estimator_on_uniform_sphere_codes(latent_dim):
   z /= np.linalg.norm(z, axis=1, keepdims=True)
   estimate = float(divergences.moments_kl(tf.constant(z, tf.float32)))
   assert estimate == pytest.approx(divergences.ideal_sphere_kl(latent_dim), abs=2e-3)
-  # REFERENCE.md's figures for M = 128 and M = 64.
+  # log M - 1/2 + 1/(2 M^2) for M = 128 and M = 64.
   assert divergences.ideal_sphere_kl(128) == pytest.approx(4.352, abs=1e-3)
   assert divergences.ideal_sphere_kl(64) == pytest.approx(3.659, abs=1e-3)
 

@@ -1,4 +1,4 @@
-"""The ALI/GALI family: tuple classes as REFERENCE.md lists them, objectives against numpy, phases."""
+"""The ALI/GALI family: tuple classes as the authors' scripts build them, objectives against numpy, phases."""
 
 import keras
 import numpy as np

@@ -16,7 +16,7 @@ MASK_SAMPLERS = ("uniform", "authors", "central")
 # (the paper gives no rate; an exponential never reaches 0).
 EXPONENTIAL_NOISE_END = 0.01
 
-# The authors' schedules (REFERENCE.md): batch 100, latent 256, N(0, I).
+# The authors' schedules (docs/faithfulness.md): batch 100, latent 256, N(0, I).
 _SVHN = dict(batch_size=100, latent_dim=256, width=32, prior="gaussian", learning_rate=2e-4,
              epochs=300, d_steps=5, simultaneous_updates=False, lr_decay_epochs=0)
 _SVHN_SIMULTANEOUS = dict(_SVHN, epochs=100, d_steps=1, simultaneous_updates=True)
@@ -96,7 +96,7 @@ class AdversarialInference(base.BidirectionalModel):
 
   @classmethod
   def paper_defaults(cls, spec):
-    """The authors' schedule for the dataset (REFERENCE.md), or ours for digits."""
+    """The authors' schedule for the dataset (their training scripts), or ours for digits."""
     if spec.name == "digits":
       return dict(_DIGITS, **cls.method_defaults(spec))
     if spec.image_size == 64:

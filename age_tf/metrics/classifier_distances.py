@@ -1,6 +1,6 @@
 """FID and KID from a feature model's activations, computed exactly as TF-GAN defines them.
 
-tensorflow-gan does not import on TensorFlow >= 2.16 (REFERENCE.md), so the
+tensorflow-gan does not import on TensorFlow >= 2.16 (it imports tf.estimator), so the
 two functions of tensorflow_gan/python/eval/classifier_metrics.py that the
 papers' numbers come from are restated here with the same arguments and the
 same arithmetic:

@@ -1,6 +1,6 @@
 """The ALI/GALI linear-SVM protocol: linear SVMs on few labels over encoder features, C chosen on validation.
 
-REFERENCE.md's protocol (ALI, GALI Table 2): features are the concatenation
+The ALI protocol (GALI paper, Table 2): features are the concatenation
 of the encoder's last three hidden layers and its output mean; labelled sets
 of `per_class` examples per class are drawn from a train pool; for each, a
 scikit-learn LinearSVC (squared hinge, L2 penalty, one-vs-rest) is fitted
