@@ -1,18 +1,29 @@
-"""Trains every method on digits with one budget and seed, evaluates each, prints one markdown table.
+"""Trains every method on digits, evaluates each, prints one markdown table.
 
     python benchmarks/quality.py                         # 920 steps (digits' 40 epochs), all methods
     python benchmarks/quality.py --train_steps=200 --svm_repeats=20 --methods=age,gali4
+    python benchmarks/quality.py --budgets=gali4:4000,ali:4000 --seeds=123,124
 
-For each method: `python -m age_tf.train --method=M --dataset=digits
---train_steps=N --seed=S` (the method's digits defaults otherwise; its wall
-clock is the train time), then `python -m age_tf.evaluate` with one shared
-digits classifier as the feature model (trained once here, seed 0;
-GALI-PT's own M is a second classifier, seed 1, so it is not scored by the
-model it trained against). Two rows give the numbers a floor: the
-untrained AGE model (its initial weights, `evaluate --untrained`) and PCA
-with M = 10 components (AGE's digits latent size) fitted on the training
-images: reconstruction x -> mean + P P^T (x - mean), samples from the
-Gaussian N(mean, P diag(var) P^T), SVM features its 10 coordinates.
+For each method and seed: `python -m age_tf.train --method=M --dataset=digits
+--train_steps=N --seed=S` (N from --budgets, else --train_steps; the
+method's digits defaults otherwise; its wall clock is the train time), then
+`python -m age_tf.evaluate` with one shared digits classifier as the
+feature model (trained once here, seed 0; GALI-PT's own M is a second
+classifier, seed 1, so it is not scored by the model it trained against).
+The methods of --multi_seed_methods run every seed of --seeds, the others
+the first.
+
+Reconstruction is also measured as a user meets it, through the run's
+exported SavedModel (its `reconstruct` signature): the test pixel MSE of
+G(E(x)) against x ("own"), against another test image ("shuffled": a
+reconstruction that carries its own digit is far closer to x than to
+another digit), and divided by the error of predicting the mean training
+image. Four rows give the numbers a floor: the untrained AGE model (its
+initial weights, `evaluate --untrained`), PCA with M = 10 components (AGE's
+digits latent size) fitted on the training images (reconstruction
+x -> mean + P P^T (x - mean), samples from N(mean, P diag(var) P^T), SVM
+features its 10 coordinates), raw pixels (the SVM on the 1024 pixels) and
+the mean training image (reconstruction error only).
 
 Runs are kept in --work_dir: rerunning skips trained models and reuses
 their train time. Not run in CI. Writes quality.md and quality.json there.
@@ -43,7 +54,12 @@ from age_tf.metrics import svm
 
 flags.DEFINE_integer("train_steps", 920, "Training steps of every method (digits' default "
                      "run is 40 epochs: 920 steps).")
-flags.DEFINE_integer("seed", 123, "--seed of every training run.")
+flags.DEFINE_list("budgets", [], "Per-method training steps, METHOD:STEPS (overrides "
+                  "--train_steps for that method).")
+flags.DEFINE_list("seeds", ["123"], "--seed of the training runs (the first for methods not "
+                  "in --multi_seed_methods).")
+flags.DEFINE_list("multi_seed_methods", ["ali", "alice", "gali4"], "Methods trained with every "
+                  "seed of --seeds.")
 flags.DEFINE_list("methods", list(METHODS), "Methods to train and evaluate.")
 flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "age_tf", "quality"),
                     "Where the runs, classifiers and the table are kept.")
@@ -79,32 +95,67 @@ def _classifier(name, seed):
   return path
 
 
-def _train(method, pt_classifier):
-  model_dir = os.path.join(FLAGS.work_dir, method)
+def _budgets():
+  """{method: training steps}: --budgets over --train_steps."""
+  steps = {m: FLAGS.train_steps for m in FLAGS.methods}
+  for item in FLAGS.budgets:
+    method, _, value = item.partition(":")
+    if method not in METHODS or not value.isdigit():
+      raise SystemExit(f"--budgets entry {item!r} is not METHOD:STEPS with a known method.")
+    steps[method] = int(value)
+  return steps
+
+
+def _train(method, steps, seed, pt_classifier):
+  model_dir = os.path.join(FLAGS.work_dir, f"{method}_s{seed}_n{steps}")
   timing = os.path.join(model_dir, "train_seconds.json")
   if os.path.exists(timing):
     with open(timing) as f:
-      saved = json.load(f)
-    if saved["train_steps"] == FLAGS.train_steps and saved["seed"] == FLAGS.seed:
-      return model_dir, saved["seconds"]
-  print(f"training {method} for {FLAGS.train_steps} steps...", flush=True)
+      return model_dir, json.load(f)["seconds"]
+  print(f"training {method} (seed {seed}) for {steps} steps...", flush=True)
   extra = [f"--feature_model={pt_classifier}"] if method == "gali_pt" else []
   seconds = _run("age_tf.train", f"--method={method}", "--dataset=digits",
-                 f"--train_steps={FLAGS.train_steps}", f"--seed={FLAGS.seed}",
-                 f"--model_dir={model_dir}", *extra)
+                 f"--train_steps={steps}", f"--seed={seed}", f"--model_dir={model_dir}",
+                 *extra)
   with open(timing, "w") as f:
-    json.dump({"train_steps": FLAGS.train_steps, "seed": FLAGS.seed, "seconds": seconds}, f)
+    json.dump({"train_steps": steps, "seed": seed, "seconds": seconds}, f)
   return model_dir, seconds
 
 
-def _evaluate(model_dir, classifier, untrained=False):
+def _test_images():
+  test = data.labelled_dataset(data.get_spec("digits"), "test", 1000)
+  return np.concatenate([x.numpy() for x, _ in test])
+
+
+def _mean_image_mse(test_x):
+  """Pixel MSE in [0, 1] of predicting every test image by the mean training image."""
+  train = data.labelled_dataset(data.get_spec("digits"), "train", 1000)
+  mean = np.concatenate([x.numpy() for x, _ in train]).mean(0)
+  return float(np.mean(np.square((test_x - mean) / 2.0)))
+
+
+def _served_reconstruction(model_dir, test_x):
+  """Own and shuffled test pixel MSE of the newest export's `reconstruct` signature."""
+  export_dir = os.path.join(model_dir, "export")
+  version = max(int(v) for v in os.listdir(export_dir) if v.isdigit())
+  reconstruct = tf.saved_model.load(os.path.join(export_dir, str(version))).signatures[
+      "reconstruct"]
+  recon = np.concatenate([reconstruct(images=tf.constant(test_x[i:i + BATCH]))[
+      "reconstructions"].numpy() for i in range(0, len(test_x), BATCH)])
+  own = float(np.mean(np.square((recon - test_x) / 2.0)))
+  # Against another test image: the next one (a digit of another class 9 times in 10).
+  shuffled = float(np.mean(np.square((recon - np.roll(test_x, 1, axis=0)) / 2.0)))
+  return own, shuffled
+
+
+def _evaluate(model_dir, classifier, steps, untrained=False):
   print(f"evaluating {model_dir}{' (untrained)' if untrained else ''}...", flush=True)
   _run("age_tf.evaluate", f"--model_dir={model_dir}", f"--feature_model={classifier}",
        f"--svm_repeats={FLAGS.svm_repeats}", f"--svm_per_class={SVM_PER_CLASS}",
        f"--svm_validation={SVM_VALIDATION}", f"--svm_grid_size={SVM_GRID}",
        f"--num_fid_samples={FLAGS.num_fid_samples}", "--metrics=recon,fid,kid,svm",
        *(["--untrained"] if untrained else []))
-  sub = "untrained" if untrained else str(FLAGS.train_steps)
+  sub = "untrained" if untrained else str(steps)
   with open(os.path.join(model_dir, "eval", sub, "metrics.json")) as f:
     return json.load(f)["metrics"]
 
@@ -163,10 +214,34 @@ def _pca_row(classifier):
           "svm/error": result["error"], "svm/error_std": result["error_std"]}, fit_seconds
 
 
-def _row(name, m, seconds):
-  return (f"| {name} | {m['recon/pixel_mse']:.4f} | {m['recon/feature_mse']:.3f} | "
-          f"{m['fid']:.1f} | {m['kid']:.3f} ± {m['kid_std']:.3f} | "
-          f"{100 * m['svm/error']:.1f} ± {100 * m['svm/error_std']:.1f} | {seconds:.0f} |")
+def _row(name, seed, steps, m, seconds, mean_mse):
+  def number(key, form):
+    return format(m[key], form) if key in m else "-"
+  own = m.get("served/pixel_mse", m.get("recon/pixel_mse"))
+  served = (f"{own:.4f} | {own / mean_mse:.2f} | {number('served/shuffled_pixel_mse', '.4f')}"
+            if own is not None else "- | - | -")
+  kid = f"{m['kid']:.3f} ± {m['kid_std']:.3f}" if "kid" in m else "-"
+  svm_error = (f"{100 * m['svm/error']:.1f} ± {100 * m['svm/error_std']:.1f}"
+               if "svm/error" in m else "-")
+  return (f"| {name} | {seed} | {steps} | {served} | {number('recon/feature_mse', '.3f')} | "
+          f"{number('fid', '.1f')} | {kid} | {svm_error} | {seconds:.0f} |")
+
+
+def _raw_pixels_svm():
+  """The SVM protocol on raw pixels (the PCA row's pools)."""
+  spec = data.get_spec("digits")
+  train = data.labelled_dataset(spec, "train", 1000)
+  train_x = np.concatenate([x.numpy() for x, _ in train])
+  train_y = np.concatenate([y.numpy() for _, y in train])
+  test = data.labelled_dataset(spec, "test", 1000)
+  test_x = np.concatenate([x.numpy() for x, _ in test])
+  test_y = np.concatenate([y.numpy() for _, y in test])
+  result = svm.linear_svm_error(
+      train_x[:-SVM_VALIDATION], train_y[:-SVM_VALIDATION], train_x[-SVM_VALIDATION:],
+      train_y[-SVM_VALIDATION:], test_x, test_y, per_class=SVM_PER_CLASS,
+      repeats=FLAGS.svm_repeats, c_values=svm.c_grid(SVM_GRID), seed=0,
+      featurize=lambda x: np.reshape(x, (len(x), -1)))
+  return {"svm/error": result["error"], "svm/error_std": result["error_std"]}
 
 
 def main(argv):
@@ -177,27 +252,45 @@ def main(argv):
   os.makedirs(FLAGS.work_dir, exist_ok=True)
   classifier = _classifier("classifier_eval", 0)
   pt_classifier = _classifier("classifier_pt", 1) if "gali_pt" in FLAGS.methods else None
+  budgets, seeds = _budgets(), [int(s) for s in FLAGS.seeds]
+  test_x = _test_images()
+  mean_mse = _mean_image_mse(test_x)
   rows, results = [], {}
   for method in FLAGS.methods:
-    model_dir, seconds = _train(method, pt_classifier)
-    results[method] = dict(_evaluate(model_dir, classifier), train_seconds=seconds)
-    rows.append(_row(method, results[method], seconds))
-    if method == FLAGS.methods[0]:
-      untrained = _evaluate(model_dir, classifier, untrained=True)
-      results[f"untrained {method}"] = dict(untrained, train_seconds=0.0)
-  first = FLAGS.methods[0]
-  rows.append(_row(f"untrained ({first})", results[f"untrained {first}"], 0.0))
+    for seed in (seeds if method in FLAGS.multi_seed_methods else seeds[:1]):
+      steps = budgets[method]
+      model_dir, seconds = _train(method, steps, seed, pt_classifier)
+      metrics = _evaluate(model_dir, classifier, steps)
+      metrics["served/pixel_mse"], metrics["served/shuffled_pixel_mse"] = (
+          _served_reconstruction(model_dir, test_x))
+      results[f"{method} s{seed}"] = dict(metrics, train_seconds=seconds, train_steps=steps,
+                                          seed=seed)
+      rows.append(_row(method, seed, steps, metrics, seconds, mean_mse))
+      if not any(k.startswith("untrained") for k in results):
+        untrained = _evaluate(model_dir, classifier, steps, untrained=True)
+        results[f"untrained {method}"] = dict(untrained, train_seconds=0.0)
+  first = next(k for k in results if k.startswith("untrained"))
+  rows.append(_row(f"untrained ({first.split()[1]})", seeds[0], 0, results[first], 0.0,
+                   mean_mse))
   pca, fit_seconds = _pca_row(classifier)
   results["pca"] = dict(pca, train_seconds=fit_seconds)
-  rows.append(_row(f"PCA (M = {PCA_COMPONENTS})", pca, fit_seconds))
+  rows.append(_row(f"PCA (M = {PCA_COMPONENTS})", "-", "-", pca, fit_seconds, mean_mse))
+  results["raw pixels"] = _raw_pixels_svm()
+  rows.append(_row("raw pixels (SVM)", "-", "-", results["raw pixels"], 0.0, mean_mse))
+  results["mean image"] = {"recon/pixel_mse": mean_mse}
+  rows.append(_row("mean training image", "-", "-", results["mean image"], 0.0, mean_mse))
   header = [
-      f"digits, {FLAGS.train_steps} training steps, seed {FLAGS.seed}; test split (300 images); "
-      f"FID/KID: {FLAGS.num_fid_samples} samples against {FLAGS.num_fid_samples} training "
-      f"images, features of the digits classifier (512-d); SVM: {SVM_PER_CLASS} labels per "
-      f"class, {FLAGS.svm_repeats} repeats, mean ± std of the test error.",
+      f"digits, seeds {', '.join(FLAGS.seeds)}; test split (300 images). Pixel MSE through "
+      "the export's `reconstruct` signature, in [0, 1]: of the image itself (own), as a "
+      "ratio to predicting the mean training image, and against another test image "
+      f"(shuffled). FID/KID: {FLAGS.num_fid_samples} samples against "
+      f"{FLAGS.num_fid_samples} training images, features of the digits classifier (512-d); "
+      f"SVM: {SVM_PER_CLASS} labels per class, {FLAGS.svm_repeats} repeats, mean ± std of "
+      "the test error.",
       "",
-      "| method | pixel MSE | feature MSE | FID | KID | SVM error (%) | train time (s) |",
-      "|---|---|---|---|---|---|---|",
+      "| method | seed | steps | pixel MSE (own) | own / mean image | pixel MSE (shuffled) | "
+      "feature MSE | FID | KID | SVM error (%) | train time (s) |",
+      "|---|---|---|---|---|---|---|---|---|---|---|",
   ]
   table = "\n".join(header + rows)
   print(table)
