@@ -1,5 +1,6 @@
 """Entry point: python -m age_tf.train --method=age --dataset=digits --model_dir=DIR."""
 
+import contextlib
 import os
 import sys
 
@@ -12,6 +13,7 @@ from age_tf import config as config_lib
 from age_tf import distribute
 from age_tf import export
 from age_tf import loop
+from age_tf import run_lock
 from age_tf.errors import TrainingStopped
 from age_tf.errors import UserError
 
@@ -26,9 +28,12 @@ def main(argv):
     config = config_lib.from_flags()
     # Before TensorFlow starts any work (logical CPU devices, cluster set-up).
     strategy = distribute.make_strategy(config.strategy, config.num_cpu_replicas)
-    loop.train(config, strategy)
-    if config.export and distribute.is_chief(strategy):
-      export.export_after_training(config)
+    chief = distribute.is_chief(strategy)
+    # The run holds its model_dir through training and the export that ends it.
+    with run_lock.RunLock(config.model_dir) if chief else contextlib.nullcontext():
+      loop.train(config, strategy, lock=False)
+      if config.export and chief:
+        export.export_after_training(config)
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)

@@ -310,3 +310,203 @@ def test_a_full_disk_fails_clearly_and_the_previous_checkpoint_still_loads(tmp_p
     assert step == 4 and all(np.all(np.isfinite(v)) for v in variables.values())
   finally:
     _unmount(disk)
+
+
+# ---------------------------------------------------------------- one run per model_dir
+
+
+def lock_path(model_dir):
+  return os.path.join(model_dir, "train.lock")
+
+
+def test_a_second_trainer_on_the_same_model_dir_is_refused_and_the_first_finishes(tmp_path):
+  model_dir = str(tmp_path / "run")
+  first = start_training(model_dir, "--train_steps=60", "--checkpoint_every=10",
+                         "--seed=1", "--noexport")
+  wait_for(lambda: os.path.exists(os.path.join(model_dir, "flags.json")), first)
+  began = time.monotonic()
+  second = train(model_dir, "--train_steps=60", "--checkpoint_every=10", "--seed=2",
+                 "--noexport")
+  refused_after = time.monotonic() - began
+  assert first.poll() is None, "the first trainer ended before the second was refused"
+  assert_one_line_error(second, f"--model_dir={model_dir} is in use by another training run",
+                        f"pid {first.pid} on host", "started", "train.py --dataset=digits")
+  assert refused_after < 60, refused_after
+  out, err = first.communicate(timeout=600)
+  assert first.returncode == 0, err[-3000:]
+  # One trajectory: the first run's seed, one event file, and its lock gone.
+  assert json.load(open(os.path.join(model_dir, "flags.json")))["seed"] == 1
+  assert len(os.listdir(os.path.join(model_dir, "train"))) == 1
+  assert checkpoint_steps(model_dir)[-1] == 60
+  assert not os.path.exists(lock_path(model_dir))
+
+
+def test_the_lock_of_a_killed_trainer_does_not_block_the_rerun(tmp_path):
+  model_dir = str(tmp_path / "run")
+  args = ("--train_steps=30", "--checkpoint_every=5", "--noexport")
+  process = start_training(model_dir, *args)
+  wait_for(lambda: checkpoint_steps(model_dir), process)
+  process.kill()
+  process.communicate()
+  assert json.load(open(lock_path(model_dir)))["pid"] == process.pid  # left behind
+  result = train(model_dir, *args)
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Took over the lock of a training run that is gone" in result.stderr
+  assert checkpoint_steps(model_dir)[-1] == 30 and not os.path.exists(lock_path(model_dir))
+
+
+def test_a_lock_on_another_host_holds_until_its_lease_runs_out():
+  from age_tf import run_lock
+  now = time.time()
+  record = {"pid": 1, "host": "another-host", "heartbeat": now - 10, "started": now - 100}
+  assert run_lock.holder_is_alive(record, now=now, host="this-host")
+  record["heartbeat"] = now - run_lock.LEASE_SECONDS - 1
+  assert not run_lock.holder_is_alive(record, now=now, host="this-host")
+  # On its own host a holder lives exactly as long as its process.
+  mine = {"pid": os.getpid(), "host": "h", "heartbeat": 0.0,
+          "process_start": run_lock._process_start(os.getpid())}
+  assert run_lock.holder_is_alive(mine, now=now, host="h")
+  assert not run_lock.holder_is_alive(dict(mine, process_start=-1), now=now, host="h")
+
+
+# ---------------------------------------------------------------- damaged checkpoints
+
+
+def _damage(path_prefix, how):
+  """Damages the checkpoint at path_prefix (.../ckpt-N) the way `how` says."""
+  data = glob.glob(path_prefix + ".data-*")[0]
+  if how == "truncated":
+    with open(data, "r+b") as f:
+      f.truncate(os.path.getsize(data) // 2)
+  elif how == "bit_flipped":
+    with open(data, "r+b") as f:
+      f.seek(os.path.getsize(data) // 2)
+      chunk = f.read(16)
+      f.seek(os.path.getsize(data) // 2)
+      f.write(bytes(b ^ 0xFF for b in chunk))
+  elif how == "index_deleted":
+    os.remove(path_prefix + ".index")
+  elif how == "shard_deleted":
+    os.remove(data)
+
+
+def _file_digests(directory):
+  digests = {}
+  for root, _, names in os.walk(directory):
+    for name in names:
+      with open(os.path.join(root, name), "rb") as f:
+        digests[os.path.relpath(os.path.join(root, name), directory)] = hash(f.read())
+  return digests
+
+
+@pytest.fixture(scope="module")
+def six_step_run(tmp_path_factory):
+  """A run with checkpoints at steps 2, 4 and 6 (copied by each test that damages it)."""
+  model_dir = str(tmp_path_factory.mktemp("six_steps") / "run")
+  result = train(model_dir, "--train_steps=6", "--checkpoint_every=2", "--steps_per_loop=2",
+                 "--noexport")
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert checkpoint_steps(model_dir) == [2, 4, 6]
+  return model_dir
+
+
+@pytest.mark.parametrize("how", ["truncated", "bit_flipped", "index_deleted", "shard_deleted"])
+def test_a_damaged_newest_checkpoint_is_set_aside_and_training_resumes_from_the_previous(
+    how, six_step_run, tmp_path):
+  import shutil
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(six_step_run, model_dir)
+  checkpoints = os.path.join(model_dir, "checkpoints")
+  _damage(os.path.join(checkpoints, "ckpt-6"), how)
+  kept = sorted(os.listdir(checkpoints))
+  # evaluate and export on it: one line naming it, exit 2.
+  evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--metrics=recon",
+                         "--checkpoint=6")
+  if how != "index_deleted":  # without its index ckpt-6 is no checkpoint at all
+    assert_one_line_error(evaluated, "ckpt-6 does not restore", "damaged")
+  exported = run_module("age_tf.export", f"--model_dir={model_dir}")
+  assert_one_line_error(exported, "ckpt-6")
+  result = train(model_dir, "--train_steps=8", "--checkpoint_every=2", "--steps_per_loop=2",
+                 "--noexport")
+  assert result.returncode == 0, result.stderr[-3000:]
+  warning = [l for l in result.stderr.splitlines() if "does not restore" in l]
+  assert len(warning) == 1 and "ckpt-6" in warning[0] and "Resuming from ckpt-4" in warning[0]
+  assert "resuming at step 4" in result.stderr
+  # The damaged files are kept aside, untouched; training went on from step 4 to 8.
+  aside = sorted(os.listdir(os.path.join(checkpoints, "damaged")))
+  assert aside == sorted(n for n in kept if n.startswith("ckpt-6."))
+  assert checkpoint_steps(model_dir)[-1] == 8
+  step, _ = load_variables(model_dir)
+  assert step == 8
+
+
+def test_when_no_checkpoint_restores_training_stops_with_one_line_and_moves_nothing(
+    six_step_run, tmp_path):
+  import shutil
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(six_step_run, model_dir)
+  for step in (2, 4, 6):
+    _damage(os.path.join(model_dir, "checkpoints", f"ckpt-{step}"), "truncated")
+  before = _file_digests(model_dir)
+  result = train(model_dir, "--train_steps=8", "--checkpoint_every=2", "--noexport")
+  assert_one_line_error(result, "No checkpoint in", "restores", "ckpt-6", "ckpt-4", "ckpt-2",
+                        "Nothing was moved or deleted")
+  assert _file_digests(model_dir) == before
+
+
+def test_evaluate_reads_a_run_that_writes_a_checkpoint_every_step(tmp_path):
+  model_dir = str(tmp_path / "run")
+  process = start_training(model_dir, "--train_steps=100000", "--checkpoint_every=1",
+                           "--keep_checkpoints=2", "--steps_per_loop=1", "--log_every=1000",
+                           "--image_every=100000", "--noexport")
+  try:
+    wait_for(lambda: checkpoint_steps(model_dir), process)
+    for _ in range(2):
+      evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--metrics=recon")
+      assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+      assert process.poll() is None  # it really ran while checkpoints were being written
+    steps = [int(d) for d in os.listdir(os.path.join(model_dir, "eval")) if d.isdigit()]
+    assert steps
+    for step in steps:
+      metrics = json.load(open(os.path.join(model_dir, "eval", str(step), "metrics.json")))
+      assert np.isfinite(metrics["metrics"]["recon/pixel_mse"])
+  finally:
+    process.kill()
+    process.communicate()
+
+
+# ---------------------------------------------------------------- damaged settings
+
+
+def test_a_damaged_flags_json_is_refused_in_one_line(six_step_run, tmp_path):
+  import shutil
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(six_step_run, model_dir)
+  with open(os.path.join(model_dir, "flags.json"), "w") as f:
+    f.write('{"method": "age", "dataset": "dig')
+  assert_one_line_error(train(model_dir, "--train_steps=8"), "flags.json is damaged",
+                        "move it aside")
+
+
+def test_a_model_dir_of_another_age_tf_version_is_refused_naming_it(six_step_run, tmp_path):
+  import shutil
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(six_step_run, model_dir)
+  path = os.path.join(model_dir, "flags.json")
+  values = json.load(open(path))
+  values.update(age_tf_version="9.0.0", new_setting=1)
+  json.dump(values, open(path, "w"))
+  assert_one_line_error(train(model_dir, "--train_steps=8"), "written by age_tf 9.0.0",
+                        "new_setting", "use age_tf 9.0.0")
+  # A setting an older version had and this one dropped still loads.
+  values.pop("new_setting")
+  values.update(age_tf_version="0.0.1", pt_features="authors")
+  json.dump(values, open(path, "w"))
+  assert checkpointing.saved_config(model_dir).method == "age"
+
+
+@pytest.mark.parametrize("flag", ["--learning_rate=nan", "--beta1=inf", "--x_recon_weight=-inf"])
+def test_non_finite_numbers_are_refused_at_start(flag, tmp_path):
+  result = train(str(tmp_path / "run"), flag)
+  assert_one_line_error(result, "must be a finite number", flag.split("=")[0])
+  assert not os.path.exists(tmp_path / "run")
