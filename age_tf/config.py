@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import math
 import os
 import tempfile
 
@@ -10,6 +11,7 @@ from absl import flags
 from age_tf import data
 from age_tf import distribute
 from age_tf import divergences
+from age_tf import inference_statistics
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
 from age_tf.methods import gali
@@ -170,6 +172,24 @@ flags.DEFINE_bool("export", True, "At the end of training, export the encoder an
 flags.DEFINE_string("export_dir", None, "Where SavedModel versions 1, 2, ... are written "
                     "(TF Serving's --model_base_path; default: MODEL_DIR/export).")
 
+flags.DEFINE_enum("bn_statistics", inference_statistics.DEFAULT_MODE,
+                  list(inference_statistics.MODES), "BatchNorm statistics of the served "
+                  "networks (evaluate, the export, training's figures and test/ scalars): "
+                  "recompute (population statistics of what each signature is fed: real "
+                  "training images through the encoder, prior draws through the generator, "
+                  "encodings through reconstruct's generator), recompute_shared (one set for "
+                  "the generator from a mix of prior draws and encodings) or moving "
+                  "(training's moving averages, as the authors' code). Checkpoints always keep "
+                  "the moving averages. See docs/inference_statistics.md.")
+flags.DEFINE_integer("bn_statistics_images", inference_statistics.DEFAULT_IMAGES,
+                     "--bn_statistics=recompute*: training images (and as many prior draws) "
+                     "of the statistics pass (capped at the train split).", lower_bound=1)
+flags.DEFINE_float("bn_statistics_prior_fraction", inference_statistics.DEFAULT_PRIOR_FRACTION,
+                   "--bn_statistics=recompute_shared: share of the generator's statistics "
+                   "codes that are prior draws (what generate and sample are fed); the rest "
+                   "are encodings of real images (what reconstruct feeds it).", lower_bound=0.0,
+                   upper_bound=1.0)
+
 # The default --export_dir, under --model_dir.
 EXPORT_SUBDIR = "export"
 
@@ -244,6 +264,10 @@ class Config:
   jit_compile: bool = False
   mixed_precision: str = "float32"
   transposed_conv: str = "auto"
+  # Served BatchNorm statistics (defaulted so flags.json of older runs still loads).
+  bn_statistics: str = inference_statistics.DEFAULT_MODE
+  bn_statistics_images: int = inference_statistics.DEFAULT_IMAGES
+  bn_statistics_prior_fraction: float = inference_statistics.DEFAULT_PRIOR_FRACTION
 
   def to_json(self):
     return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
@@ -293,6 +317,9 @@ def resolve(values):
   raw["data_dir"] = raw["data_dir"] or ""
   raw["export_dir"] = raw["export_dir"] or os.path.join(raw["model_dir"], EXPORT_SUBDIR)
 
+  for name, value in raw.items():
+    if isinstance(value, float) and not math.isfinite(value):
+      raise UserError(f"--{name}={value} must be a finite number.")
   _check_method_flags(raw)
   _check_positive(raw, "batch_size", "latent_dim", "width", "steps_per_loop", "log_every",
                   "image_every", "checkpoint_every", "keep_checkpoints", "num_cpu_replicas",

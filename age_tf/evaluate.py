@@ -27,6 +27,7 @@ from age_tf import features
 from age_tf import figures
 from age_tf import files
 from age_tf import images as images_lib
+from age_tf import inference_statistics
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
 from age_tf.metrics import classifier_distances
@@ -231,18 +232,43 @@ def _arrays(ds):
 # ---------------------------------------------------------------- metrics
 
 
-def _recon(model, config, test, feature_model, report):
+def _recon(model, config, test, feature_model, moving, statistics, report):
+  """Reconstruction errors with the served statistics, the moving averages and batch statistics.
+
+  `moving` holds the checkpoint's moving averages (the model serves
+  `statistics`' by now).
+  """
   batch = FLAGS.eval_batch_size
   errors = reconstruction.reconstruction_errors(model, test, feature_model, batch)
   m = report["metrics"]
   m["recon/pixel_mse"], m["recon/pixel_mse_std"] = errors["pixel_mse"]
   m["recon/feature_mse"], m["recon/feature_mse_std"] = errors["feature_mse"]
+  with inference_statistics.preserved(model):
+    inference_statistics.assign(model, moving)
+    m["recon/pixel_mse_moving"] = reconstruction.pixel_mse(
+        inference_statistics.unwrap(model), test, batch)[0]
+  # Training mode normalises each batch by its own statistics: batches of the run's size, of
+  # test images in a seeded random order (as training's batches are; the split's order may
+  # be a folder's, images of one kind together).
+  shuffled = test[np.random.default_rng(FLAGS.eval_seed).permutation(len(test))]
+  m["recon/pixel_mse_batch_stats"] = reconstruction.pixel_mse(
+      model, shuffled, config.batch_size, training=True)[0]
+  m["recon/mean_image_pixel_mse"] = float(np.mean(np.square((test - test.mean(0)) / 2.0)))
   if not FLAGS.untrained:
     keras.utils.set_random_seed(config.seed)
-    untrained = METHODS[config.method].from_config(config)
+    untrained, _ = inference_statistics.prepare(
+        METHODS[config.method].from_config(config), config, statistics.settings,
+        calibration=statistics.calibration)
     m["recon/untrained_pixel_mse"] = reconstruction.pixel_mse(untrained, test, batch)[0]
-  report["settings"]["recon"] = {"split": "test", "images": errors["count"], "batch_size": batch,
-                                 "std": "over batches"}
+  report["settings"]["recon"] = {
+      "split": "test", "images": errors["count"], "batch_size": batch, "std": "over batches",
+      "bn_statistics": statistics.info,
+      "pixel_mse": "inference mode, the served BatchNorm statistics (--bn_statistics)",
+      "pixel_mse_moving": "inference mode, training's BatchNorm moving averages",
+      "pixel_mse_batch_stats": f"training mode: each batch of {config.batch_size} (the run's "
+                               "--batch_size, test images in a seeded random order) "
+                               "normalised by its own statistics",
+      "mean_image_pixel_mse": "every image predicted by the mean test image"}
 
 
 def _fid_kid(model, config, spec, feature_model, names, report):
@@ -396,11 +422,16 @@ def evaluate(model_dir):
   names = _requested_metrics(spec)
   _check_flags(spec)
   masks = _mask_settings(config)
+  t = time.perf_counter()
+  moving = inference_statistics.snapshot(model)
+  model, statistics = _served_statistics(model, config, spec)
+  report_statistics = dict(statistics.info, seconds=time.perf_counter() - t)
   eval_root = os.path.join(model_dir, EVAL_DIR)
   out_dir = os.path.join(eval_root, "untrained" if FLAGS.untrained else str(step))
   report = {"model_dir": model_dir, "method": config.method, "dataset": config.dataset,
             "step": step or 0, "checkpoint": path, "untrained": FLAGS.untrained,
-            "metrics_computed": names, "metrics": {}, "settings": {}, "seconds": {}}
+            "metrics_computed": names, "metrics": {}, "settings": {}, "seconds": {},
+            "bn_statistics": report_statistics}
   logging.info("Evaluating %s on %s (%s): %s.", config.method, spec.name,
                "untrained" if FLAGS.untrained else f"step {step}", ", ".join(names))
 
@@ -423,7 +454,8 @@ def evaluate(model_dir):
     logging.info("%s done in %.1f s.", key, report["seconds"][key])
 
   if "recon" in names:
-    timed("recon", _recon, model, config, test_images, feature_model, report)
+    timed("recon", _recon, model, config, test_images, feature_model, moving, statistics,
+          report)
   if "fid" in names or "kid" in names:
     timed("fid_kid", _fid_kid, model, config, spec, feature_model, names, report)
   if "inpaint" in names:
@@ -443,6 +475,21 @@ def evaluate(model_dir):
   return report, out_dir
 
 
+class _Served:
+  """The served statistics' settings, calibration inputs and description."""
+
+  def __init__(self, settings, calibration, info):
+    self.settings, self.calibration, self.info = settings, calibration, info
+
+
+def _served_statistics(model, config, spec):
+  """The model as it serves (the run's --bn_statistics, or this command's), and a _Served."""
+  settings = inference_statistics.settings_from_flags(config, FLAGS)
+  calibration = inference_statistics.calibration_for(config, settings, spec)
+  served, info = inference_statistics.prepare(model, config, settings, calibration=calibration)
+  return served, _Served(settings, calibration, info)
+
+
 def _json(value):
   if isinstance(value, (np.floating, np.integer)):
     return value.item()
@@ -451,9 +498,10 @@ def _json(value):
 
 def _summary_lines(report):
   m = report["metrics"]
-  order = ["recon/pixel_mse", "recon/feature_mse", "recon/untrained_pixel_mse", "fid", "kid",
-           "kid_std", "svm/error", "svm/error_std", "inpaint/pixel_mse", "inpaint/feature_mse",
-           "codes/fake_mean", "codes/fake_var"]
+  order = ["recon/pixel_mse", "recon/pixel_mse_moving", "recon/pixel_mse_batch_stats",
+           "recon/mean_image_pixel_mse", "recon/feature_mse", "recon/untrained_pixel_mse",
+           "fid", "kid", "kid_std", "svm/error", "svm/error_std", "inpaint/pixel_mse",
+           "inpaint/feature_mse", "codes/fake_mean", "codes/fake_var"]
   return [f"  {k:28s} {m[k]:.6g}" for k in order if k in m]
 
 

@@ -18,8 +18,15 @@ with a free batch dimension (H, W, C the image shape, M the latent dimension):
   generate_uint8  codes float32 (N, M) -> images uint8 (N, H, W, C) in [0, 255]
   serving_default the same as generate
 
+Every signature runs the networks in inference mode with the BatchNorm
+statistics of the run's --bn_statistics (or this command's): by default
+recomputed from real training images and prior draws after the checkpoint
+is loaded (age_tf/inference_statistics.py), with `moving` training's moving
+averages; the checkpoint itself is never changed.
+
 The run's description (method, dataset, image shape, latent dimension and
-prior, training step, versions, the signatures) is stored twice: as
+prior, training step, versions, the BatchNorm statistics, the signatures)
+is stored twice: as
 assets.extra/age_tf_metadata.json (readable without TensorFlow) and as the
 string variable `metadata` of the loaded object
 (`json.loads(tf.saved_model.load(d).metadata[0].numpy())`).
@@ -47,6 +54,7 @@ import age_tf
 from age_tf import checkpointing
 from age_tf import config as config_lib  # defines --model_dir and --export_dir
 from age_tf import data
+from age_tf import inference_statistics
 from age_tf.errors import UserError
 
 METADATA_DIR = "assets.extra"  # the SavedModel directory for files the graph does not load
@@ -173,20 +181,28 @@ def default_export_dir(model_dir):
   return os.path.join(model_dir, config_lib.EXPORT_SUBDIR)
 
 
-def export_model(model_dir, export_dir=None, version=None):
-  """Exports the latest checkpoint of model_dir to export_dir/VERSION; returns that path.
+def export_model(model_dir, export_dir=None, version=None, settings=None, checkpoint=None):
+  """Exports a checkpoint of model_dir (default the latest) as export_dir/VERSION; its path.
 
-  export_dir defaults to MODEL_DIR/export, version to the next free integer.
-  Raises UserError when model_dir holds no trained model or the version exists.
+  export_dir defaults to MODEL_DIR/export, version to the next free integer;
+  the BatchNorm statistics served are the run's --bn_statistics unless
+  `settings` (inference_statistics.Settings) says otherwise. Raises
+  UserError when model_dir holds no trained model or the version exists.
   """
   export_dir = export_dir or default_export_dir(model_dir)
   choose_version(export_dir, version)  # fail before the model is rebuilt
-  config, model, step = checkpointing.load_model(model_dir)
-  return write_export(model, config, step, export_dir, version)
+  config, model, step, statistics = inference_statistics.load_served_model(
+      model_dir, checkpoint, settings)
+  return write_export(model, config, step, export_dir, version, statistics)
 
 
-def write_export(model, config, step, export_dir, version=None):
-  """Writes `model` (restored at `step`) as export_dir/VERSION, atomically; returns the path."""
+def write_export(model, config, step, export_dir, version=None, statistics=None):
+  """Writes `model` (restored at `step`) as export_dir/VERSION, atomically; returns the path.
+
+  `model` is exported as it is: give it the statistics it should serve first
+  (inference_statistics.prepare returns the model as it serves and the
+  `statistics` description the metadata holds).
+  """
   tf.io.gfile.makedirs(export_dir)
   version = choose_version(export_dir, version)
   path = os.path.join(export_dir, str(version))
@@ -200,11 +216,13 @@ def write_export(model, config, step, export_dir, version=None):
       "age_tf_version": getattr(age_tf, "__version__", "unknown"),
       "tensorflow_version": tf.__version__, "keras_version": keras.__version__,
       "exported_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-      "default_signature": DEFAULT_SIGNATURE_OF}
+      "default_signature": DEFAULT_SIGNATURE_OF,
+      "bn_statistics": statistics or {"mode": "as given"}}
   try:
     archive, metadata = build_archive(model, image_shape, metadata)
     archive.write_out(temp, verbose=False)
     write_metadata(temp, metadata)
+    write_warmup_requests(temp, metadata["signatures"])
     if tf.io.gfile.exists(path):  # another export took this version meanwhile
       raise UserError(f"Version {version} appeared at {path} during the export; it was left "
                       "as it is. Export again to write the next version.")
@@ -231,6 +249,52 @@ def read_metadata(saved_model_dir):
     return json.load(f)
 
 
+WARMUP_FILE = "tf_serving_warmup_requests"  # in METADATA_DIR; TF Serving's name for it
+
+
+def write_warmup_requests(saved_model_dir, signatures, batch=1):
+  """Writes assets.extra/tf_serving_warmup_requests: one Predict request per signature.
+
+  TF Serving runs these requests when it loads the version, before the
+  version serves, so the first user request does not pay for graph
+  initialisation. The file is a TFRecord of tensorflow.serving.PredictionLog
+  protos, predict_log {request {model_spec {signature_name}, inputs}},
+  encoded here in the protobuf wire format (tensorflow-serving-api is not a
+  runtime requirement; tests read the file back with its protos). Inputs:
+  `batch` fixed pseudo-random examples of each input's dtype and shape
+  (images in the signature's range, codes and noise N(0, I)). `signatures`
+  is the metadata's {name: {"inputs": {key: {"dtype", "shape"}}, ...}}.
+  """
+  import numpy as np  # pylint: disable=g-import-not-at-top
+
+  def varint(value):
+    out = bytearray()
+    while value > 0x7F:
+      out.append(value & 0x7F | 0x80)
+      value >>= 7
+    return bytes(out) + bytes([value])
+
+  def field(number, payload):  # a length-delimited field (wire type 2)
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+  with tf.io.TFRecordWriter(os.path.join(saved_model_dir, METADATA_DIR, WARMUP_FILE)) as writer:
+    for name, described in sorted(signatures.items()):
+      rng = np.random.default_rng(0)
+      inputs = b""
+      for key, spec in sorted(described["inputs"].items()):
+        shape = [batch, *spec["shape"][1:]]
+        if spec["dtype"] == "uint8":
+          array = rng.integers(0, 256, shape).astype(np.uint8)
+        elif key == "images":
+          array = rng.uniform(-1, 1, shape).astype(spec["dtype"])
+        else:
+          array = rng.standard_normal(shape).astype(spec["dtype"])
+        tensor = tf.make_tensor_proto(array).SerializeToString()
+        inputs += field(2, field(1, key.encode()) + field(2, tensor))  # map<string, TensorProto>
+      request = field(1, field(3, name.encode())) + inputs  # model_spec.signature_name, inputs
+      writer.write(field(6, field(1, request)))  # PredictionLog.predict_log.request
+
+
 def export_after_training(config):
   """Training's export: a new version unless the latest one already holds this step.
 
@@ -247,7 +311,8 @@ def export_after_training(config):
     if previous.get("step") == step and previous.get("method") == saved.method:
       logging.info("%s already exports step %d; not exporting again.", latest, step)
       return None
-  return write_export(model, saved, step, config.export_dir)
+  model, statistics = inference_statistics.prepare(model, saved)
+  return write_export(model, saved, step, config.export_dir, statistics=statistics)
 
 
 # ---------------------------------------------------------------- command line
@@ -270,7 +335,11 @@ def main(argv):
     if not flag_values.model_dir:
       raise UserError("--model_dir is required: the run directory to export (the "
                       "--model_dir given to python -m age_tf.train).")
-    path = export_model(flag_values.model_dir, flag_values.export_dir, flag_values.version)
+    config = checkpointing.saved_config(flag_values.model_dir)
+    settings = (inference_statistics.settings_from_flags(config, flag_values)
+                if config is not None else None)
+    path = export_model(flag_values.model_dir, flag_values.export_dir, flag_values.version,
+                        settings)
   except UserError as e:
     sys.stderr.write(f"error: {e}\n")
     sys.exit(2)

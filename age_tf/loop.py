@@ -17,6 +17,8 @@ from age_tf import config as config_lib
 from age_tf import data
 from age_tf import distribute
 from age_tf import images as images_lib
+from age_tf import inference_statistics
+from age_tf import run_lock
 from age_tf.errors import TrainingStopped
 from age_tf.errors import UserError
 from age_tf.methods import METHODS
@@ -24,13 +26,15 @@ from age_tf.methods import base
 
 NUM_SAMPLES = 64  # 8 x 8 sample grid
 NUM_RECONSTRUCTIONS = 32  # 32 real | reconstruction pairs, 8 x 8 grid
+# Test images (a seeded sample) whose reconstruction error is logged at image steps.
+NUM_TEST_RECONSTRUCTIONS = 500
 SAMPLES_PNG = "samples.png"
 RECONSTRUCTIONS_PNG = "reconstructions.png"
 # Metrics under this prefix are method-rendered (e.g. a confusion matrix), not scalars.
 UNLOGGED_PREFIX = "confusion/"
 
 
-def train(config, strategy=None):
+def train(config, strategy=None, lock=True):
   """Trains (or resumes) the run `config` describes; returns the last logged metrics.
 
   Nothing is written to model_dir until the model, its checkpoint and the
@@ -38,7 +42,10 @@ def train(config, strategy=None):
   multi-worker strategy only the chief writes flags.json, summaries, PNGs and
   model_dir's checkpoints; the other workers save theirs (checkpoint saving
   is collective) to a temporary directory that is removed at the end, and
-  every worker resumes from the chief's latest checkpoint.
+  every worker resumes from the chief's latest checkpoint. The chief holds
+  model_dir's lock (run_lock.py) throughout; a second trainer on the same
+  directory fails before reading a checkpoint (lock=False: the caller holds
+  it). A failed start removes the lock, and model_dir if it created it.
   """
   spec = config_lib.dataset_spec(config)
   if spec.source == "folder":
@@ -55,6 +62,15 @@ def train(config, strategy=None):
                     "emulates it, several times slower than float32. Use float32 here.")
   chief = distribute.is_chief(strategy)
   checkpointing.check_compatible(config)
+  # One trainer per model_dir (the chief for a cluster), from before the first
+  # checkpoint is read to the end; see run_lock.py.
+  with run_lock.RunLock(config.model_dir) if chief and lock else contextlib.nullcontext():
+    return _train(config, spec, strategy, chief)
+
+
+def _train(config, spec, strategy, chief):
+  """train()'s work, once the run holds its model_dir."""
+  replicas = strategy.num_replicas_in_sync
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)  # initial weights
@@ -121,9 +137,8 @@ def _restore_or_build(config, strategy, chief=True):
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
     checkpoint = checkpointing.make_checkpoint(model, step)
-    latest = tf.train.latest_checkpoint(directory)
-    if latest:
-      checkpoint.restore(latest).assert_existing_objects_matched()
+    # The newest checkpoint that restores; damaged newer ones are set aside (by the chief).
+    checkpointing.restore_newest(checkpoint, directory, set_aside=chief)
     if not chief:
       task_type, task_id = distribute.worker_id(strategy)
       directory = os.path.join(config.model_dir, f".{task_type}-{task_id}-tmp")
@@ -439,29 +454,78 @@ def _write_scalars(writer, step, metrics, model):
 
 
 class _Figures:
-  """Samples from a fixed z and reconstructions of fixed test images: TensorBoard and PNG."""
+  """What the export would serve now: samples, reconstructions and the test reconstruction error.
+
+  Samples come from a fixed z, reconstructions of fixed test images; the
+  grids go to TensorBoard and PNG. The networks run in inference mode with
+  the statistics the export serves (--bn_statistics): with recompute, the
+  statistics pass runs on the model and training's moving averages are
+  restored afterwards, so checkpoints and the training trajectory are
+  untouched. The test reconstruction error (pixel MSE in [0, 1] over
+  NUM_TEST_RECONSTRUCTIONS test images, inference_statistics.sample_images'
+  seeded sample) is logged as test/recon_pixel_mse
+  (served), test/recon_pixel_mse_moving (the moving averages; with
+  recompute only) and test/recon_pixel_mse_batch_stats (training mode,
+  batches of --batch_size).
+  """
 
   def __init__(self, config, spec, model):
     self.model_dir = config.model_dir
+    self.model = model
+    self.batch_size = config.batch_size
     z = np.random.default_rng(config.seed).standard_normal((NUM_SAMPLES, config.latent_dim))
     if config.prior == "sphere":
       z /= np.linalg.norm(z, axis=1, keepdims=True)
     self.fixed_z = tf.constant(z, tf.float32)
-    self.test_images = None
+    self.test_images = self.recon_images = None
     if spec.num_test:
       self.test_images = data.test_images(spec, NUM_RECONSTRUCTIONS, config.data_dir or None,
                                           config.download)
-    self._generate = tf.function(lambda z: model.generate(z, training=False))
-    self._reconstruct = tf.function(lambda x: model.reconstruct(x, training=False))
+      self.recon_images = data.to_float(inference_statistics.sample_images(
+          spec, "test", NUM_TEST_RECONSTRUCTIONS, config.seed, config.data_dir or None,
+          config.download))
+    settings = inference_statistics.settings_of(config)
+    self.calibration = inference_statistics.calibration_for(config, settings, spec)
+    self.statistics_pass = None
+    served = model
+    if self.calibration is not None:
+      self.statistics_pass = inference_statistics.StatisticsPass(model, settings)
+      served = self.statistics_pass.served
+    self._generate = tf.function(lambda z: served.generate(z, training=False))
+    self._reconstruct = tf.function(lambda x: served.reconstruct(x, training=False),
+                                    reduce_retracing=True)
+    self._reconstruct_moving = tf.function(lambda x: model.reconstruct(x, training=False),
+                                           reduce_retracing=True)
+    self._reconstruct_training = tf.function(lambda x: model.reconstruct(x, training=True),
+                                             reduce_retracing=True)
+
+  def _recon_error(self, reconstruct, batch_size):
+    errors = []
+    for start in range(0, int(self.recon_images.shape[0]), batch_size):
+      images = self.recon_images[start:start + batch_size]
+      errors.append(float(tf.reduce_mean(tf.square((reconstruct(images) - images) / 2.0)))
+                    * int(images.shape[0]))
+    return sum(errors) / int(self.recon_images.shape[0])
 
   def write(self, writer, step):
-    grids = {"samples": images_lib.grid(self._generate(self.fixed_z))}
-    if self.test_images is not None:
-      pairs = images_lib.interleave(self.test_images, self._reconstruct(self.test_images))
-      grids["reconstructions"] = images_lib.grid(pairs)
+    scalars = {}
+    with inference_statistics.served(self.model, self.statistics_pass, self.calibration):
+      grids = {"samples": images_lib.grid(self._generate(self.fixed_z))}
+      if self.test_images is not None:
+        pairs = images_lib.interleave(self.test_images, self._reconstruct(self.test_images))
+        grids["reconstructions"] = images_lib.grid(pairs)
+        scalars["test/recon_pixel_mse"] = self._recon_error(self._reconstruct, 250)
+    if self.recon_images is not None:
+      if self.statistics_pass is not None:
+        scalars["test/recon_pixel_mse_moving"] = self._recon_error(self._reconstruct_moving, 250)
+      with inference_statistics.preserved(self.model):
+        scalars["test/recon_pixel_mse_batch_stats"] = self._recon_error(
+            self._reconstruct_training, self.batch_size)
     with writer.as_default(step=step):
       for name, grid in grids.items():
         tf.summary.image(f"images/{name}", grid[None])
+      for name, value in scalars.items():
+        tf.summary.scalar(name, value)
     for name, grid in grids.items():
       images_lib.write_png(os.path.join(self.model_dir, f"{name}.png"), grid)
 

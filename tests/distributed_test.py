@@ -117,6 +117,74 @@ print("RESULT" + json.dumps(result))
 """.replace("STEADY_ADAM", repr(STEADY_ADAM))
 
 
+# The served BatchNorm statistics (inference_statistics) of a model on 2
+# replicas and of the same model on one device: the statistics pass runs in
+# cross-replica context on fixed inputs, so both must agree, and training's
+# figures (the pass, then training-mode reconstructions) must leave every
+# replica's moving statistics as they were.
+STATISTICS_CHECK = r"""
+import json
+import tempfile
+import keras
+import numpy as np
+import tensorflow as tf
+from age_tf import config as config_lib, distribute, inference_statistics, loop
+from age_tf.methods import METHODS
+
+mirrored = distribute.make_strategy("mirrored", num_cpu_replicas=2)
+single = tf.distribute.OneDeviceStrategy("/cpu:0")
+config = config_lib.resolve(dict(method="age", dataset="digits", width=4, batch_size=16,
+                                 train_steps=10, model_dir=tempfile.mkdtemp(),
+                                 bn_statistics_images=300))
+settings = inference_statistics.settings_of(config)
+calibration = inference_statistics.calibration_for(config, settings)
+models = {}
+for name, strategy in (("one", single), ("two", mirrored)):
+  with strategy.scope():
+    keras.utils.set_random_seed(0)
+    models[name] = METHODS["age"].from_config(config, synchronized_bn=strategy is mirrored)
+for a, b in zip(models["one"].variables, models["two"].variables):
+  b.assign(a)
+# Moving statistics unlike the served ones (the same values in both models).
+for model in models.values():
+  for variable in inference_statistics.statistics_variables(model):
+    variable.assign(variable.numpy() + 0.5)
+result = {}
+for name, model in models.items():
+  moving = inference_statistics.snapshot(model)
+  with inference_statistics.served(
+      model, inference_statistics.StatisticsPass(model, settings), calibration):
+    served = inference_statistics.snapshot(model)
+  figures = loop._Figures(config, config_lib.dataset_spec(config), model)
+  figures.write(tf.summary.create_noop_writer(), 0)
+  # Every replica's copy of every statistic, after the figures.
+  copies = [np.stack([np.asarray(c) for c in
+                      getattr(v.value, "values", (v.value,))]) for v in
+            inference_statistics.statistics_variables(model)]
+  result[name] = dict(served=[s.tolist() for s in served],
+                      restored=all(np.all(c == m) for c, m in zip(copies, moving)),
+                      replicas=int(copies[0].shape[0]))
+diff = max(float(np.max(np.abs(np.array(a) - np.array(b))))
+           for a, b in zip(result["one"]["served"], result["two"]["served"]))
+scale = max(float(np.max(np.abs(np.array(a)))) for a in result["one"]["served"])
+print("RESULT" + json.dumps(dict(diff=diff, scale=scale,
+                                 restored={k: r["restored"] for k, r in result.items()},
+                                 replicas={k: r["replicas"] for k, r in result.items()})))
+"""
+
+
+def test_served_statistics_on_two_replicas_are_one_device_s_and_leave_training_s():
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  out = subprocess.run([sys.executable, "-c", STATISTICS_CHECK], cwd=ROOT, env=env,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = json.loads(out.stdout.split("RESULT", 1)[1])
+  print(result)
+  assert result["replicas"] == {"one": 1, "two": 2}
+  assert result["diff"] <= 1e-5 * max(1.0, result["scale"]), result
+  assert result["restored"] == {"one": True, "two": True}
+
+
 def test_a_replicated_step_computes_what_one_device_does():
   env = dict(os.environ, PYTHONPATH=ROOT)
   out = subprocess.run([sys.executable, "-c", STEP_CHECK], cwd=ROOT, env=env,

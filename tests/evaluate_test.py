@@ -22,6 +22,7 @@ from conftest import run_module
 FAST_FLAGS = ("--svm_repeats=3", "--classifier_epochs=3", "--num_fid_samples=500")
 METRIC_KEYS = (
     "recon/pixel_mse", "recon/pixel_mse_std", "recon/feature_mse", "recon/feature_mse_std",
+    "recon/pixel_mse_moving", "recon/pixel_mse_batch_stats", "recon/mean_image_pixel_mse",
     "recon/untrained_pixel_mse", "fid", "kid", "kid_std", "svm/error", "svm/error_std",
     "inpaint/pixel_mse", "inpaint/pixel_mse_std", "inpaint/feature_mse",
     "inpaint/feature_mse_std", "codes/fake_mean", "codes/fake_var", "codes/real_mean",
@@ -62,6 +63,12 @@ def test_metrics_json_has_every_metric_finite_and_its_sample_counts(evaluated):
   assert all(math.isfinite(v) for v in metrics.values()), metrics
   # Trained beats untrained on reconstruction (by far: about 0.02 against 0.14).
   assert metrics["recon/pixel_mse"] < metrics["recon/untrained_pixel_mse"] / 3
+  # Served (recomputed statistics) within 10% of training mode; digits' moving averages
+  # agree too (docs/inference_statistics.md).
+  assert metrics["recon/pixel_mse"] < 1.1 * metrics["recon/pixel_mse_batch_stats"]
+  assert metrics["recon/pixel_mse"] < metrics["recon/mean_image_pixel_mse"] / 2
+  assert report["bn_statistics"]["mode"] == "recompute"
+  assert report["bn_statistics"]["encoder_images"] == 1497  # the whole train split
   assert metrics["svm/error"] < 0.5 and metrics["kid_std"] > 0
   # The report states what was computed on how much.
   settings = report["settings"]

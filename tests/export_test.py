@@ -34,6 +34,7 @@ import age_tf
 from age_tf import checkpointing
 from age_tf import config as config_lib
 from age_tf import export
+from age_tf import inference_statistics
 from age_tf import train
 from age_tf.errors import UserError
 
@@ -118,13 +119,16 @@ def expected(runs, tmp_path_factory):
 
   Computed from the networks directly (not through the methods' encode), so
   a stochastic encoder's exported `encode` must return the mean half of its
-  output.
+  output. The networks are the checkpoint's with the statistics the export
+  serves (the run's --bn_statistics, recompute by default: reconstruct's
+  generator has the statistics of encodings; see inference_statistics_test.py
+  for the statistics themselves).
   """
   directory = tmp_path_factory.mktemp("expected")
   rng = np.random.default_rng(0)
   cases = {}
   for method, (model_dir, export_dir) in runs.items():
-    config, model, step = checkpointing.load_model(model_dir)
+    config, model, step, statistics = inference_statistics.load_served_model(model_dir)
     m = config.latent_dim
     shape = (config.image_size, config.image_size, config.channels)
 
@@ -135,6 +139,11 @@ def expected(runs, tmp_path_factory):
 
     def generator(codes, model=model):
       return model.generator(tf.constant(codes), training=False).numpy()
+
+    def reconstruct_generator(codes, model=model):  # the generator with encodings' statistics
+      network = model.reconstruction_generator
+      assert network is not None
+      return network(tf.constant(codes), training=False).numpy()
 
     images = rng.uniform(-1, 1, (BATCH, *shape)).astype(np.float32)
     pixels = rng.integers(0, 256, (BATCH, *shape)).astype(np.uint8)
@@ -148,7 +157,7 @@ def expected(runs, tmp_path_factory):
         "generate": ("codes", codes, {"images": generated}),
         "serving_default": ("codes", codes, {"images": generated}),
         "reconstruct": ("images", images,
-                        {"reconstructions": generator(encoder_mean(images))}),
+                        {"reconstructions": reconstruct_generator(encoder_mean(images))}),
         "sample": ("noise", noise, {"codes": prior_codes, "images": generator(prior_codes)}),
         "encode_uint8": ("images", pixels, {"codes": encoder_mean(pixels / 127.5 - 1.0)}),
         "generate_uint8": ("codes", codes, {"images": np.clip(
@@ -163,7 +172,8 @@ def expected(runs, tmp_path_factory):
       signatures[name] = {"input": [key, files.pop("input")], "outputs": files}
     cases[method] = dict(method=method, export=export_dir, model_dir=model_dir, step=step,
                          config=config, model=model, image_shape=list(shape), latent_dim=m,
-                         signatures=signatures, codes=codes, images=images)
+                         signatures=signatures, codes=codes, images=images,
+                         statistics=statistics)
   return cases
 
 
@@ -356,6 +366,8 @@ def test_metadata_describes_the_run(expected, fresh_process):
     assert from_file["latent_dim"] == config.latent_dim
     assert from_file["prior"] == config.prior == ("sphere" if method == "age" else "gaussian")
     assert from_file["step"] == case["step"] == STEPS[method]
+    assert from_file["bn_statistics"] == case["statistics"]
+    assert case["statistics"]["mode"] == "recompute"
     assert from_file["age_tf_version"] == age_tf.__version__
     assert from_file["tensorflow_version"] == tf.__version__
     assert from_file["version"] == 1

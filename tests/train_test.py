@@ -96,7 +96,8 @@ def test_tensorboard_events_have_every_tag(digits_run):
               "codes/real_mean", "codes/real_var", "codes/fake_mean", "codes/fake_var",
               "learning_rate/encoder", "learning_rate/generator",
               "perf/steps_per_sec", "perf/images_per_sec",
-              "images/samples", "images/reconstructions"}
+              "images/samples", "images/reconstructions", "test/recon_pixel_mse",
+              "test/recon_pixel_mse_moving", "test/recon_pixel_mse_batch_stats"}
   assert expected <= tags, expected - tags
   # Scalars every --log_every=50 steps and at the end; images every 500 and at 0.
   steps = [e.step for e in events.Tensors("encoder/kl_real")]
@@ -105,6 +106,8 @@ def test_tensorboard_events_have_every_tag(digits_run):
   assert lr == pytest.approx([1e-3] * len(lr))
   image_steps = [e.step for e in events.Tensors("images/samples")]
   assert image_steps == [0, 500, LEARNING_STEPS]
+  # The served test reconstruction error, at the image steps.
+  assert [e.step for e in events.Tensors("test/recon_pixel_mse")] == image_steps
   # An image summary holds [width, height, PNG bytes].
   width, height, png = tf.make_ndarray(events.Tensors("images/reconstructions")[-1].tensor_proto)
   assert (int(width), int(height)) == (256, 256)

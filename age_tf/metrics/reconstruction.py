@@ -1,22 +1,28 @@
 """Reconstruction error: pixel MSE between x and G(E(x)) in [0, 1], and the same on a feature model's features."""
 
+import contextlib
+
 import tensorflow as tf
 
+from age_tf import inference_statistics
 from age_tf.metrics import inputs
 
 
-def _reconstruct_fn(model):
-  return tf.function(lambda x: model.reconstruct(x, training=False))
+def _reconstruct_fn(model, training=False):
+  return tf.function(lambda x: model.reconstruct(x, training=training))
 
 
-def pixel_mse(model, dataset, batch_size=inputs.DEFAULT_BATCH_SIZE):
+def pixel_mse(model, dataset, batch_size=inputs.DEFAULT_BATCH_SIZE, training=False):
   """Mean and std over batches of the per-batch pixel MSE, images scaled to [0, 1].
 
   `dataset` yields images in [-1, 1], or (images, labels) pairs, or is an
   (N, H, W, C) array (split into batches of `batch_size`); the model
-  reconstructs with its encoder mean and inference-mode BatchNorm.
+  reconstructs with its encoder mean and inference-mode BatchNorm, or with
+  `training` the batch statistics of each batch (training mode; the
+  BatchNorm moving statistics that mode updates are restored afterwards).
   """
-  return reconstruction_errors(model, dataset, batch_size=batch_size)["pixel_mse"]
+  return reconstruction_errors(model, dataset, batch_size=batch_size,
+                               training=training)["pixel_mse"]
 
 
 def feature_mse(model, dataset, feature_model, batch_size=inputs.DEFAULT_BATCH_SIZE):
@@ -30,13 +36,19 @@ def feature_mse(model, dataset, feature_model, batch_size=inputs.DEFAULT_BATCH_S
 
 
 def reconstruction_errors(model, dataset, feature_model=None,
-                          batch_size=inputs.DEFAULT_BATCH_SIZE):
+                          batch_size=inputs.DEFAULT_BATCH_SIZE, training=False):
   """{"pixel_mse": (mean, std), "feature_mse": (mean, std) with a feature model, "count": N}.
 
   One pass over `dataset` (as pixel_mse takes it): each batch is
-  reconstructed once; means and stds are over batches.
+  reconstructed once (in training mode with `training`, see pixel_mse);
+  means and stds are over batches.
   """
-  reconstruct = _reconstruct_fn(model)
+  with inference_statistics.preserved(model) if training else contextlib.nullcontext():
+    return _errors(model, dataset, feature_model, batch_size, training)
+
+
+def _errors(model, dataset, feature_model, batch_size, training):
+  reconstruct = _reconstruct_fn(model, training)
   features = tf.function(lambda x: feature_model(x, training=False)) if feature_model else None
   pixel, feature, count = [], [], 0
   for images in inputs.image_batches(dataset, batch_size):
