@@ -1,6 +1,5 @@
 """A run directory's checkpoints and flags.json: saving, compatibility checks, restoring."""
 
-import dataclasses
 import json
 import os
 import re
@@ -50,12 +49,8 @@ def saved_config(model_dir):
     raise UserError(f"{path} is damaged ({e}); restore it from a backup, or move it aside to "
                     "start a new run in that --model_dir.") from None
   writer = values.pop(VERSION_KEY, "an older version")
-  names = {f.name for f in dataclasses.fields(config_lib.Config)}
-  unknown = sorted(set(values) - names - set(REMOVED_SETTINGS))
   try:
-    if unknown:
-      raise TypeError(f"settings this version does not know: {', '.join(unknown)}")
-    return config_lib.Config(**{k: v for k, v in values.items() if k in names})
+    return config_lib.from_saved({k: v for k, v in values.items() if k not in REMOVED_SETTINGS})
   except TypeError as e:
     raise UserError(f"{path} was written by age_tf {writer} and this is age_tf "
                     f"{age_tf.__version__} ({e}); use age_tf {writer} for that run, or a new "
@@ -100,7 +95,7 @@ def load_model(model_dir, checkpoint=None):
   if config is None or path is None:
     raise UserError(f"--model_dir={model_dir} has no trained model ({FLAGS_FILE} and a "
                     f"checkpoint in {checkpoint_dir(model_dir)}); train one first.")
-  model = METHODS[config.method].from_config(config)
+  model = METHODS[config.method].create(config)
   model.build_optimizers()
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   checkpoint = make_checkpoint(model, step)

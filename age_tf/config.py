@@ -13,8 +13,8 @@ from age_tf import distribute
 from age_tf import divergences
 from age_tf import inference_statistics
 from age_tf.errors import UserError
+from age_tf import settings as settings_lib
 from age_tf.methods import METHODS
-from age_tf.methods import gali
 from age_tf.methods.base import PRECISIONS
 from age_tf.methods.base import PRIORS
 from age_tf.networks.subpixel import ALGORITHMS as TRANSPOSED_CONV_ALGORITHMS
@@ -23,7 +23,8 @@ from age_tf.networks.subpixel import ALGORITHMS as TRANSPOSED_CONV_ALGORITHMS
 # ---------------------------------------------------------------- flags
 # Defaults of None are resolved per method and dataset (the paper's values).
 
-flags.DEFINE_string("method", "age", f"Training method: {', '.join(METHODS)}.")
+flags.DEFINE_string("method", "age", f"Training method: {', '.join(METHODS)}. Each method's "
+                    "own settings are the flags marked [--method=...].")
 flags.DEFINE_string("dataset", "digits",
                     f"Dataset: {', '.join(data.DATASET_NAMES)}. digits (scikit-learn's, "
                     "bundled) needs no network.")
@@ -33,7 +34,7 @@ flags.DEFINE_bool("download", True, "Download and prepare a tfds dataset that is
                   "--data_dir (fails within seconds when offline).")
 flags.DEFINE_enum("svhn_split", None, list(data.SVHN_SPLITS),
                   "SVHN training images: train (73,257), extra (531,131) or train+extra "
-                  "(default: the authors' per method: extra for the ALI family, train for AGE).")
+                  "(default: the authors' per method).")
 flags.DEFINE_integer("image_size", None, "Image size the networks see (32 or 64); "
                      "default: the dataset's (folder: 32).")
 flags.DEFINE_integer("channels", None, "Channels of folder: images (1 or 3, default 3).")
@@ -42,72 +43,23 @@ flags.DEFINE_enum("cache", "auto", list(data.CACHE_MODES),
                   "quarter of RAM), memory, none.")
 flags.DEFINE_integer("shuffle_buffer", 10000, "Shuffle buffer size (examples).")
 
-flags.DEFINE_integer("latent_dim", None, "Latent dimension M (default: the paper's "
-                     "per dataset: mnist 10, svhn 64, celeba 64, cifar10 128, folder 128, "
-                     "digits 10).")
+flags.DEFINE_integer("latent_dim", None, "Latent dimension M (default: the paper's per "
+                     "method and dataset).")
 flags.DEFINE_enum("prior", None, list(PRIORS), "Latent prior: uniform on the unit "
-                  "sphere or N(0, I) (default: sphere for AGE as in its paper, gaussian for "
-                  "the ALI/GALI family).")
-flags.DEFINE_integer("width", None, "Base width of the networks: AGE's DCGAN ngf = ndf "
-                     "(default 64, digits 16); ALI/GALI's narrowest layer, every other "
-                     "scaling with it (default 32 at 32x32, 64 at 64x64, digits 8).")
+                  "sphere or N(0, I) (default: the method's paper's).")
+flags.DEFINE_integer("width", None, "Base width of the method's networks (default: the "
+                     "method's per dataset; see docs/methods.md).")
 
-flags.DEFINE_enum("kl_estimator", "moments", list(divergences.KL_ESTIMATORS),
-                  "KL(Q || N(0, I)) estimator: moments (paper eq. 8, parametric) or knn "
-                  "(Kozachenko-Leonenko, paper 3.1).")
-flags.DEFINE_enum("kl_reduction", "mean", list(divergences.REDUCTIONS),
-                  "Average the KL over latent dimensions (authors' code) or sum (eq. 8).")
-flags.DEFINE_enum("x_recon_loss", None, ["l1", "l2"], "Data-space reconstruction loss: "
-                  "l1 (AGE authors' code) or l2, mean squared error (AGE paper eq. 3; ALICE).")
-flags.DEFINE_enum("z_recon_loss", "cos", list(divergences.RECONSTRUCTION_LOSSES),
-                  "Latent reconstruction loss: cos (authors' code) or l2, mean squared "
-                  "error (paper eq. 4), or l1.")
-flags.DEFINE_float("x_recon_weight", None, "AGE's mu: weight of the data reconstruction "
-                   "loss in the encoder objective (default 10; 0 with --z_recon_weight=0: "
-                   "Fig. 2c ablation). ALICE's weight of its reconstruction term (default 1, "
-                   "64x64 images 0.02).")
-flags.DEFINE_float("z_recon_weight", None, "lambda: weight of the latent reconstruction "
-                   "loss in the generator objective (default: the paper's 1000; digits 100).")
-flags.DEFINE_float("generator_x_recon_weight", 0.0, "Weight of the data reconstruction "
-                   "loss in the generator objective (paper Fig. 9 ablation; 0 = off).")
-flags.DEFINE_integer("generator_steps", None, "Generator updates per encoder update "
-                     "(default: 2, CelebA 3).")
-
-
-# The ALI/GALI family.
-flags.DEFINE_enum("gali_objective", "product", list(gali.OBJECTIVES), "ALI/GALI "
-                  "generator-encoder objective: product of terms (GALI paper, authors' code), "
-                  "or the paper's ablations minimax and misclassification (Fig. 5e-f).")
-flags.DEFINE_integer("d_steps", None, "ALI/GALI discriminator updates per generator-encoder "
-                     "update, each on its own batch (default: the authors' per method and "
-                     "dataset, 5 or 1).")
-flags.DEFINE_bool("simultaneous_updates", None, "ALI/GALI: take the discriminator's and the "
-                  "generator-encoder's gradients from one forward pass and apply both "
-                  "(authors' 1:1 mode; needs --d_steps=1; default per method and dataset).")
-flags.DEFINE_float("instance_noise", 0.1, "ALI/GALI: std of the Gaussian noise added to "
-                   "every image the discriminator sees, at the start of training.")
-flags.DEFINE_enum("noise_schedule", "linear", list(gali.NOISE_SCHEDULES), "How the "
-                  "instance noise decays per epoch: linear to 0 at the end (authors' code) or "
-                  "exponential to 1% of its start (GALI paper text).")
-flags.DEFINE_string("feature_model", "", "GALI-PT's frozen feature model M: a classifier "
-                    "saved by `python -m age_tf.classifier` (its model_dir or .keras file), "
-                    "or 'inception' (InceptionV3 pool features; needs --inception_weights).")
-flags.DEFINE_string("inception_weights", "", "Local file of Keras InceptionV3 no-top weights "
-                    "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5).")
-flags.DEFINE_enum("mask_sampler", "uniform", list(gali.MASK_SAMPLERS), "GALI-mix encoder "
-                  "masks: uniform rectangles (height and width uniform in 0..--mask_max_size, "
-                  "placed to fit), authors (their sampler, horizontal range from the height), "
-                  "or central squares of --mask_max_size.")
-flags.DEFINE_integer("mask_max_size", None, "GALI-mix: largest mask side (default: the "
-                     "image size, as the paper).")
-flags.DEFINE_float("mask_fill", -2.0, "GALI-mix: the value masked pixels of every encoder "
-                   "input take (authors' code: -2, outside the image range [-1, 1], so the "
-                   "encoder can tell a hole from black pixels; -1 is black).")
+# Every method's own settings (declared in its module) become flags too; a
+# flag of another method than --method is refused.
+METHOD_SETTINGS = {name: {s.name: s for s in method.settings} for name, method in METHODS.items()}
+SETTING_OWNERS = settings_lib.define_flags(
+    {name: method.settings for name, method in METHODS.items()})
 
 flags.DEFINE_integer("batch_size", None, "Global batch size, split across replicas "
-                     "(default: 64 for AGE, 100 for ALI/GALI; CelebA GALI-PT 20).")
+                     "(default: the paper's per method and dataset).")
 flags.DEFINE_float("learning_rate", None, "Adam learning rate for every network (default: "
-                   "the paper's per method and dataset; AGE 2e-4, digits 1e-3).")
+                   "the paper's per method and dataset).")
 flags.DEFINE_float("beta1", 0.5, "Adam beta_1.")
 flags.DEFINE_float("beta2", 0.999, "Adam beta_2.")
 flags.DEFINE_float("adam_epsilon", 1e-8, "Adam epsilon (PyTorch's default; Keras's is 1e-7).")
@@ -115,7 +67,9 @@ flags.DEFINE_integer("lr_decay_epochs", None, "Multiply the learning rate by "
                      "--lr_decay_factor every this many epochs (authors' drop_lr; 0 = never).")
 flags.DEFINE_float("lr_decay_factor", 0.5, "Learning-rate decay factor.")
 flags.DEFINE_float("epochs", None, "Training length in epochs of num_train // batch_size "
-                   "steps (default: the paper's per dataset).")
+                   "steps (default: the paper's per dataset); folder: datasets train at least "
+                   "3,000 steps (a folder of a few thousand images would otherwise get a few "
+                   "hundred).")
 flags.DEFINE_integer("train_steps", None, "Training length in steps; overrides --epochs.")
 flags.DEFINE_integer("seed", 123, "Random seed (weights, prior draws, data order).")
 flags.DEFINE_bool("deterministic", False, "Reproducible to the bit on CPU: TensorFlow op "
@@ -145,10 +99,8 @@ flags.DEFINE_integer("num_cpu_replicas", 1, "Split the CPU into this many logica
                      "(mirrored replicas on a machine without GPUs).")
 flags.DEFINE_integer("steps_per_loop", 10, "Training steps per tf.function call.")
 flags.DEFINE_bool("jit_compile", False, "Compile each training step with XLA (one replica "
-                  "only). Whether it pays depends on the machine: on a 2-core AVX2 CPU (AMD "
-                  "Zen 3) the CIFAR-10 AGE step ran 1.41x faster, on a 2-core AVX512/AMX CPU "
-                  "(Intel Xeon) 1.2-1.3x slower, in bfloat16 2x slower; see the README's Speed "
-                  "section.")
+                  "only). Whether it pays depends on the machine and precision; "
+                  "benchmarks/README.md has measurements.")
 flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute precision of the "
                   "networks: float32, or bfloat16/float16 compute with float32 variables, "
                   "losses and outputs (Keras mixed_* policies; float16 adds dynamic loss "
@@ -157,10 +109,9 @@ flags.DEFINE_enum("mixed_precision", "float32", list(PRECISIONS), "Compute preci
 flags.DEFINE_enum("transposed_conv", "auto", list(TRANSPOSED_CONV_ALGORITHMS), "How "
                   "transposed convolutions (the generators' layers, every convolution's input "
                   "gradient) are computed: subpixel (one stride-1 convolution to s*s times the "
-                  "channels, then depth_to_space; the same numbers; 1.2-1.9x faster steps on an "
-                  "AVX2 CPU, level in float32 on an AVX512 one), native "
-                  "(TensorFlow's Conv2DBackpropInput), auto (subpixel unless a GPU is "
-                  "visible; see the README's Speed section).")
+                  "channels, then depth_to_space; the same numbers), native (TensorFlow's "
+                  "Conv2DBackpropInput), auto (subpixel unless a GPU is visible; "
+                  "benchmarks/README.md has measurements).")
 flags.DEFINE_integer("log_every", 50, "Write scalar summaries every this many steps.")
 flags.DEFINE_integer("image_every", 500, "Write sample and reconstruction grids every this "
                      "many steps.")
@@ -190,6 +141,12 @@ flags.DEFINE_float("bn_statistics_prior_fraction", inference_statistics.DEFAULT_
                    "are encodings of real images (what reconstruct feeds it).", lower_bound=0.0,
                    upper_bound=1.0)
 
+# A folder: dataset trains at least this many steps unless --train_steps says otherwise:
+# the papers' epoch counts are for 100,000+ images (the authors' Tiny ImageNet
+# schedule is 9,375 steps), and on a folder of a few thousand images they give a
+# few hundred steps, which leaves reconstructions near the mean image.
+FOLDER_MIN_TRAIN_STEPS = 3000
+
 # The default --export_dir, under --model_dir.
 EXPORT_SUBDIR = "export"
 
@@ -213,24 +170,6 @@ class Config:
   latent_dim: int
   prior: str
   width: int
-  kl_estimator: str
-  kl_reduction: str
-  x_recon_loss: str
-  z_recon_loss: str
-  x_recon_weight: float
-  z_recon_weight: float
-  generator_x_recon_weight: float
-  generator_steps: int
-  gali_objective: str
-  d_steps: int
-  simultaneous_updates: bool
-  instance_noise: float
-  noise_schedule: str
-  feature_model: str
-  inception_weights: str
-  mask_sampler: str
-  mask_max_size: int
-  mask_fill: float
   batch_size: int
   learning_rate: float
   beta1: float
@@ -268,16 +207,45 @@ class Config:
   bn_statistics: str = inference_statistics.DEFAULT_MODE
   bn_statistics_images: int = inference_statistics.DEFAULT_IMAGES
   bn_statistics_prior_fraction: float = inference_statistics.DEFAULT_PRIOR_FRACTION
+  # The method's own settings ({name: value}, its module's declarations), read
+  # as attributes like the shared ones: config.d_steps.
+  method_settings: dict = dataclasses.field(default_factory=dict)
+
+  def __getattr__(self, name):  # only called for names that are not fields
+    own = self.__dict__.get("method_settings") or {}
+    if name in own:
+      return own[name]
+    raise AttributeError(f"--method={self.__dict__.get('method')} has no setting {name!r}")
+
+  def values(self):
+    """Every setting by name, shared and the method's own (what flags.json holds)."""
+    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name != "method_settings"}
+    return dict(shared, **self.method_settings)
 
   def to_json(self):
-    return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True)
+    return json.dumps(self.values(), indent=2, sort_keys=True)
+
+  def replace(self, **changes):
+    """A copy with some settings changed, shared or the method's own (not re-validated)."""
+    own = {k: v for k, v in changes.items() if k in self.method_settings}
+    unknown = set(changes) - set(own) - set(SHARED_NAMES)
+    if unknown:
+      raise ValueError(f"--method={self.method} has no setting(s) {sorted(unknown)}")
+    shared = {k: v for k, v in changes.items() if k not in own}
+    return dataclasses.replace(self, method_settings=dict(self.method_settings, **own),
+                               **shared)
 
   def identity(self):
     return {k: getattr(self, k) for k in IDENTITY_KEYS}
 
 
-FLAG_NAMES = tuple(f.name for f in dataclasses.fields(Config)
-                   if f.name not in ("num_train", "steps_per_epoch"))
+# The settings every method shares (Config's fields) and the derived ones.
+DERIVED_NAMES = ("num_train", "steps_per_epoch")
+SHARED_NAMES = tuple(f.name for f in dataclasses.fields(Config)
+                     if f.name not in DERIVED_NAMES + ("method_settings",))
+# Every flag a run's configuration reads: the shared settings and every method's own.
+FLAG_NAMES = SHARED_NAMES + tuple(n for n in SETTING_OWNERS if n not in SHARED_NAMES)
 
 
 def from_flags(flag_values=flags.FLAGS):
@@ -290,23 +258,32 @@ def resolve(values):
   Fills the per-dataset defaults, validates every value and combination,
   and raises UserError naming the problem and the fix.
   """
-  raw = {name: flags.FLAGS[name].default for name in FLAG_NAMES}
-  unknown = set(values) - set(raw)
+  unknown = set(values) - set(FLAG_NAMES)
   if unknown:
     raise UserError(f"Unknown settings: {sorted(unknown)}.")
-  raw.update(values)
+  raw = {name: flags.FLAGS[name].default for name in SHARED_NAMES}
+  raw.update({k: v for k, v in values.items() if k in SHARED_NAMES})
 
   if raw["method"] not in METHODS:
     raise UserError(f"Unknown --method={raw['method']!r}; valid methods: {', '.join(METHODS)}.")
+  method = METHODS[raw["method"]]
+  own = METHOD_SETTINGS[raw["method"]]
+  for name, value in values.items():  # given, but read only by other methods
+    if name not in own and name not in SHARED_NAMES and value is not None:
+      raise UserError(f"--{name} applies to --method={', '.join(SETTING_OWNERS[name])}, not "
+                      f"to --method={raw['method']}; remove it.")
   if raw["strategy"] not in distribute.STRATEGIES:
     raise UserError(f"Unknown --strategy={raw['strategy']!r}; valid strategies: "
                     f"{', '.join(distribute.STRATEGIES)}.")
   svhn_split = raw["svhn_split"] or "train"
   spec = data.get_spec(raw["dataset"], raw["image_size"], raw["channels"], svhn_split)
-  defaults = METHODS[raw["method"]].paper_defaults(spec)
+  defaults = method.paper_defaults(spec)
   for key, value in defaults.items():
-    if raw.get(key) is None:
+    if key in SHARED_NAMES and raw.get(key) is None:
       raw[key] = value
+  for name, setting in own.items():
+    given = values.get(name)
+    raw[name] = given if given is not None else defaults.get(name, setting.default)
   raw["svhn_split"] = raw["svhn_split"] or "train"
   if raw["svhn_split"] != svhn_split:  # the method's default split (the number of images)
     spec = data.get_spec(raw["dataset"], raw["image_size"], raw["channels"], raw["svhn_split"])
@@ -320,11 +297,12 @@ def resolve(values):
   for name, value in raw.items():
     if isinstance(value, float) and not math.isfinite(value):
       raise UserError(f"--{name}={value} must be a finite number.")
-  _check_method_flags(raw)
+  for name, setting in own.items():
+    setting.check(raw[name])
   _check_positive(raw, "batch_size", "latent_dim", "width", "steps_per_loop", "log_every",
                   "image_every", "checkpoint_every", "keep_checkpoints", "num_cpu_replicas",
                   "shuffle_buffer")
-  _check_non_negative(raw, "x_recon_weight", "lr_decay_epochs", "learning_rate")
+  _check_non_negative(raw, "lr_decay_epochs", "learning_rate")
   if raw["image_size"] not in (32, 64):
     raise UserError(f"--image_size={raw['image_size']} is not supported; the networks "
                     "take 32 or 64.")
@@ -333,17 +311,41 @@ def resolve(values):
   if raw["batch_size"] > spec.num_train:
     raise UserError(f"--batch_size={raw['batch_size']} is larger than the {spec.num_train} "
                     f"training images of {spec.name}; use a smaller batch.")
+  method.check_settings(raw)
 
   # An epoch is one pass over the training images; a step may use several batches.
-  batches = METHODS[raw["method"]].epoch_batches_per_step(_Values(raw))
+  batches = method.epoch_batches_per_step(_Values(raw))
   steps_per_epoch = max(spec.num_train // (raw["batch_size"] * batches), 1)
   if raw["train_steps"] is None:
     if raw["epochs"] is None or raw["epochs"] <= 0:
       raise UserError("Give a positive --epochs or --train_steps.")
     raw["train_steps"] = max(1, int(round(raw["epochs"] * steps_per_epoch)))
+    if spec.source == "folder":  # a few thousand images: a few hundred steps
+      raw["train_steps"] = max(raw["train_steps"], FOLDER_MIN_TRAIN_STEPS)
   elif raw["train_steps"] <= 0:
     raise UserError(f"--train_steps={raw['train_steps']} must be positive.")
-  return Config(num_train=spec.num_train, steps_per_epoch=steps_per_epoch, **raw)
+  return Config(num_train=spec.num_train, steps_per_epoch=steps_per_epoch,
+                method_settings={name: raw.pop(name) for name in own}, **raw)
+
+
+def from_saved(values):
+  """The Config of a flags.json (a dict of every setting), as it was resolved then.
+
+  Settings of methods other than the run's (older versions wrote every
+  method's, unused ones as null) are dropped; the run's own settings that an
+  older version did not write take their declared defaults. Raises TypeError
+  for a setting this version does not know.
+  """
+  method = values.get("method")
+  if method not in METHODS:
+    raise TypeError(f"--method={method!r} is not one of this version's methods")
+  own = METHOD_SETTINGS[method]
+  unknown = sorted(set(values) - set(SHARED_NAMES) - set(DERIVED_NAMES) - set(SETTING_OWNERS))
+  if unknown:
+    raise TypeError(f"settings this version does not know: {', '.join(unknown)}")
+  shared = {k: v for k, v in values.items() if k in SHARED_NAMES + DERIVED_NAMES}
+  mine = {name: values.get(name, setting.default) for name, setting in own.items()}
+  return Config(method_settings=mine, **shared)
 
 
 class _Values:
@@ -351,66 +353,6 @@ class _Values:
 
   def __init__(self, raw):
     self.__dict__.update(raw)
-
-
-# Flags that only one family of methods reads, and the value that means "unused".
-_AGE_FLAGS = ("generator_steps", "z_recon_weight", "kl_estimator", "kl_reduction",
-              "z_recon_loss", "generator_x_recon_weight")
-_GALI_FLAGS = ("gali_objective", "d_steps", "simultaneous_updates", "instance_noise",
-               "noise_schedule")
-_GALI_PT_FLAGS = ("feature_model", "inception_weights")
-_GALI_MIX_FLAGS = ("mask_sampler", "mask_max_size", "mask_fill")
-
-
-def _check_method_flags(raw):
-  """Validates the flags the method reads; refuses those it would silently ignore."""
-  method = raw["method"]
-  used = set(_AGE_FLAGS) if method == "age" else set(_GALI_FLAGS)
-  used |= set(_GALI_PT_FLAGS) if method == "gali_pt" else set()
-  used |= set(_GALI_MIX_FLAGS) if method == "gali_mix" else set()
-  for name in _AGE_FLAGS + _GALI_FLAGS + _GALI_PT_FLAGS + _GALI_MIX_FLAGS:
-    if name in used:
-      continue
-    if raw[name] is not None and raw[name] != flags.FLAGS[name].default:
-      users = ("age" if name in _AGE_FLAGS else "gali_pt" if name in _GALI_PT_FLAGS else
-               "gali_mix" if name in _GALI_MIX_FLAGS else
-               ", ".join(m for m in METHODS if m != "age"))
-      raise UserError(f"--{name} applies to --method={users}, not to --method={method}; "
-                      "remove it.")
-    raw[name] = None
-  if raw["x_recon_weight"] is None:
-    raw["x_recon_weight"] = 0.0
-  elif raw["x_recon_weight"] and method not in ("age", "alice"):
-    raise UserError(f"--x_recon_weight applies to --method=age or alice, not to "
-                    f"--method={method}; remove it.")
-  raw["x_recon_loss"] = raw["x_recon_loss"] or "l2"
-
-  if method == "age":
-    _check_positive(raw, "generator_steps")
-    _check_non_negative(raw, "z_recon_weight", "generator_x_recon_weight")
-    if raw["kl_estimator"] == "knn" and raw["batch_size"] < 2:
-      raise UserError("--kl_estimator=knn needs --batch_size of at least 2.")
-    return
-  _check_positive(raw, "d_steps")
-  _check_non_negative(raw, "instance_noise")
-  if raw["simultaneous_updates"] and raw["d_steps"] != 1:
-    raise UserError(f"--simultaneous_updates takes both gradients from one forward pass, so "
-                    f"it needs --d_steps=1 (got {raw['d_steps']}); use --d_steps=1 or "
-                    "--nosimultaneous_updates.")
-  if method == "gali_pt":
-    if not raw["feature_model"]:
-      raise UserError("--method=gali_pt needs --feature_model: a classifier trained with "
-                      "`python -m age_tf.classifier --dataset=... --model_dir=DIR` (pass DIR), "
-                      "or 'inception' with --inception_weights=FILE.")
-    if raw["feature_model"] != "inception" and not os.path.exists(raw["feature_model"]):
-      raise UserError(f"--feature_model={raw['feature_model']} does not exist; train one with "
-                      "`python -m age_tf.classifier --dataset=... --model_dir=DIR`.")
-  if method == "gali_mix":
-    if raw["mask_max_size"] is None:
-      raw["mask_max_size"] = raw["image_size"]
-    if not 0 < raw["mask_max_size"] <= raw["image_size"]:
-      raise UserError(f"--mask_max_size={raw['mask_max_size']} must be in 1.."
-                      f"{raw['image_size']} (the image size).")
 
 
 def _check_positive(raw, *names):

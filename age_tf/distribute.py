@@ -35,8 +35,8 @@ def make_strategy(name="auto", num_cpu_replicas=1):
   One device is TensorFlow's default strategy (ops on the first GPU, else the
   CPU), not tf.distribute.OneDeviceStrategy: on a CPU, once a OneDeviceStrategy
   (or one-device MirroredStrategy) input pipeline exists, a training step runs
-  1.4x (CIFAR-10 AGE) to 2.2x (digits AGE) slower than the same step under the
-  default strategy (TensorFlow 2.21, 2-core CPU).
+  markedly slower than the same step under the default strategy
+  (benchmarks/README.md has figures).
   """
   if name == "multi_worker":
     return _multi_worker()

@@ -132,7 +132,7 @@ def _restore_or_build(config, strategy, chief=True):
   replicas = strategy.num_replicas_in_sync
   directory = checkpointing.checkpoint_dir(config.model_dir)
   with strategy.scope():
-    model = METHODS[config.method].from_config(config, synchronized_bn=replicas > 1)
+    model = METHODS[config.method].create(config, synchronized_bn=replicas > 1)
     model.build_optimizers()
     step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step",
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)

@@ -7,6 +7,7 @@ import sys
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app  # pylint: disable=g-import-not-at-top
+from absl import flags
 from absl import logging
 
 from age_tf import config as config_lib
@@ -17,6 +18,11 @@ from age_tf import run_lock
 from age_tf.errors import TrainingStopped
 from age_tf.errors import UserError
 
+flags.DEFINE_bool("print_settings", False, "Print every setting the run would use (the "
+                  "method's per-dataset defaults filled in: what the run's flags.json records) "
+                  "as JSON and exit, training nothing and writing nothing.")
+FLAGS = flags.FLAGS
+
 
 def main(argv):
   logging.set_verbosity(logging.INFO)
@@ -26,6 +32,9 @@ def main(argv):
     if len(argv) > 1:
       raise app.UsageError(f"Unexpected arguments: {' '.join(argv[1:])}")
     config = config_lib.from_flags()
+    if FLAGS.print_settings:
+      print(config.to_json())
+      return
     # Before TensorFlow starts any work (logical CPU devices, cluster set-up).
     strategy = distribute.make_strategy(config.strategy, config.num_cpu_replicas)
     chief = distribute.is_chief(strategy)

@@ -28,7 +28,6 @@ images from the same weights, inference mode).
 """
 
 import contextlib
-import dataclasses
 import os
 import sys
 import time
@@ -61,7 +60,7 @@ def _setting(obj, name, value):
 
 def _config_change(field, baseline, change):
   return lambda config, which: (
-      dataclasses.replace(config, **{field: change if which else baseline}),
+      config.replace(**{field: change if which else baseline}),
       contextlib.nullcontext())
 
 
@@ -92,7 +91,7 @@ FLAGS = flags.FLAGS
 def _compiled(config, context, per_call):
   """The model and a function running `per_call` compiled steps, traced under `context`."""
   with context:
-    model = METHODS[config.method].from_config(config)
+    model = METHODS[config.method].create(config)
     model.build_optimizers()
     step = tf.Variable(0, dtype=tf.int64)
     shape = (model.batches_per_step, config.batch_size, config.image_size, config.image_size,

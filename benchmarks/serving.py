@@ -58,7 +58,7 @@ def cpu_model():
 def untrained_export(method, dataset, directory):
   config = config_lib.resolve({"method": method, "dataset": dataset,
                                "model_dir": os.path.join(directory, "run")})
-  model = METHODS[config.method].from_config(config)
+  model = METHODS[config.method].create(config)
   return export.write_export(model, config, 0, os.path.join(directory, "serving"))
 
 

@@ -83,7 +83,7 @@ def time_dataset(config):
   strategy = distribute.make_strategy(config.strategy, config.num_cpu_replicas)
   replicas = strategy.num_replicas_in_sync
   with strategy.scope():
-    model = METHODS[config.method].from_config(config, synchronized_bn=replicas > 1)
+    model = METHODS[config.method].create(config, synchronized_bn=replicas > 1)
     model.build_optimizers()
     step = tf.Variable(0, dtype=tf.int64,
                        aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -149,7 +149,7 @@ def flops_per_step(config):
   from tensorflow.python.profiler.internal import flops_registry  # pylint: disable=g-import-not-at-top,unused-import
   from tensorflow.python.framework import ops as tf_ops  # pylint: disable=g-import-not-at-top
   config = dataclasses.replace(config, transposed_conv=subpixel.NATIVE)
-  model = METHODS[config.method].from_config(config)
+  model = METHODS[config.method].create(config)
   model.build_optimizers()
   step = tf.Variable(0, dtype=tf.int64)
   shape = (model.batches_per_step, config.batch_size, config.image_size, config.image_size,

@@ -15,7 +15,7 @@ from conftest import changed, snapshot
 def make_model(**overrides):
   values = dict(dataset="digits", width=8, latent_dim=6, batch_size=16, seed=1)
   values.update(overrides)
-  model = AGE.from_config(config_lib.resolve(values))
+  model = AGE.create(config_lib.resolve(values))
   model.build_optimizers()
   return model
 

@@ -1,6 +1,7 @@
 """Flags and flagfiles resolve to the paper's settings; bad values fail early with clear messages."""
 
 import glob
+import json
 import os
 
 import pytest
@@ -57,13 +58,36 @@ def test_every_flagfile_parses_and_resolves(path, tmp_path):
   assert experiment == config.dataset or config.dataset.startswith("folder:")
 
 
-def test_gali_flagfiles_match_their_method_defaults():
-  # The flagfiles spell out the authors' schedules; the defaults give the same.
-  for name in ("ali_svhn", "gali8_svhn", "gali4_svhn", "ali_celeba", "gali_mix_celeba",
-               "gali4_digits"):
-    from_file = config_lib.resolve(parse_flagfile(os.path.join(ROOT, "flags", f"{name}.cfg")))
-    keys = {k: getattr(from_file, k) for k in ("method", "dataset", "svhn_split", "model_dir")}
-    assert from_file == config_lib.resolve(keys), name
+@pytest.mark.parametrize("path", FLAGFILES, ids=os.path.basename)
+def test_flagfiles_hold_only_what_the_defaults_do_not_give(path, tmp_path):
+  # One source of truth for the papers' settings: the methods' per-dataset
+  # defaults. A flagfile names its experiment and what differs from them.
+  with open(path) as f:
+    lines = [l.strip() for l in f if l.strip().startswith("--")]
+  folder = None
+  if any(l.startswith("--dataset=folder:") for l in lines):
+    folder = f"--dataset=folder:{_image_folder(tmp_path)}"
+
+  def resolved(kept):
+    values = parse_flagfile(os.devnull, *kept, *([folder] if folder else []))
+    if "feature_model" in values and values["feature_model"]:
+      values["feature_model"] = str(tmp_path)  # a path that exists
+    return config_lib.resolve(values)
+
+  full = resolved(lines)
+  for line in lines:
+    if line.startswith(("--method=", "--dataset=", "--feature_model=")):
+      continue
+    assert resolved([l for l in lines if l != line]) != full, (
+        f"{os.path.basename(path)}: {line} restates the default; remove it")
+
+
+def _image_folder(tmp_path):
+  folder = tmp_path / "images"
+  folder.mkdir()
+  for i in range(80):  # enough for a batch of 64 after the 5% hold-out
+    Image.new("RGB", (8, 8)).save(folder / f"{i}.png")
+  return folder
 
 
 @pytest.mark.parametrize("method,dataset,batch,lr,epochs,d_steps,simultaneous", [
@@ -94,7 +118,7 @@ def test_alice_weights_follow_the_authors():
   assert config_lib.resolve({"method": "alice", "dataset": "svhn"}).x_recon_weight == 1.0
   celeba = config_lib.resolve({"method": "alice", "dataset": "celeba"})
   assert (celeba.x_recon_weight, celeba.x_recon_loss) == (0.02, "l2")
-  assert config_lib.resolve({"method": "ali"}).x_recon_weight == 0.0
+  assert "x_recon_weight" not in config_lib.resolve({"method": "ali"}).method_settings
 
 
 def test_gali_pt_celeba_uses_batch_20_for_50_epochs(tmp_path):
@@ -150,8 +174,8 @@ def test_command_line_overrides_flagfile():
     ({"method": "ali", "z_recon_weight": 5.0}, "--z_recon_weight applies to --method=age"),
     ({"d_steps": 5}, "--d_steps applies to --method=ali, bigan, alice, gali4, gali8, gali_pt, "
      "gali_mix, not to --method=age"),
-    ({"method": "gali4", "x_recon_weight": 1.0}, "--x_recon_weight applies to --method=age "
-     "or alice"),
+    ({"method": "gali4", "x_recon_weight": 1.0}, "--x_recon_weight applies to --method=age, "
+     "alice, not to --method=gali4"),
     ({"method": "gali4", "mask_sampler": "central"}, "--mask_sampler applies to "
      "--method=gali_mix"),
     ({"method": "gali4", "d_steps": 5, "simultaneous_updates": True}, "needs --d_steps=1"),
@@ -185,3 +209,29 @@ def test_svhn_split_defaults_to_each_methods_authors():
   both = config_lib.resolve({"method": "gali4", "dataset": "svhn", "svhn_split": "train+extra"})
   assert both.num_train == 73257 + 531131
   assert config_lib.resolve({"method": "gali4"}).svhn_split == "train"  # digits: unused
+
+
+@pytest.mark.parametrize("method", ["age", "gali4", "gali_mix"])
+def test_flags_json_of_older_versions_with_every_method_setting_still_loads(method):
+  # Versions before per-method settings wrote every method's settings, the
+  # unused ones as null (and x_recon_weight 0.0, x_recon_loss "l2" for all).
+  config = config_lib.resolve({"method": method})
+  old = {name: None for name in config_lib.SETTING_OWNERS}
+  old.update(x_recon_weight=0.0, x_recon_loss="l2")
+  old.update(json.loads(config.to_json()))
+  assert set(old) > set(json.loads(config.to_json()))
+  assert config_lib.from_saved(old) == config
+  # What this version writes reads back the same, and names only the method's settings.
+  assert set(json.loads(config.to_json())) - set(config_lib.SHARED_NAMES) - {
+      "num_train", "steps_per_epoch"} == set(config.method_settings)
+  with pytest.raises(TypeError, match="does not know: no_such_setting"):
+    config_lib.from_saved(dict(old, no_such_setting=1))
+
+
+def test_a_small_folder_trains_at_least_the_floor_unless_told(tmp_path):
+  folder = f"folder:{_image_folder(tmp_path)}"
+  config = config_lib.resolve({"dataset": folder})
+  assert config.steps_per_epoch * 6 < config_lib.FOLDER_MIN_TRAIN_STEPS  # 6 epochs: a few steps
+  assert config.train_steps == config_lib.FOLDER_MIN_TRAIN_STEPS
+  assert config_lib.resolve({"dataset": folder, "train_steps": 7}).train_steps == 7
+  assert config_lib.resolve({"dataset": "digits"}).train_steps == 920  # datasets of known size

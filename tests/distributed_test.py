@@ -84,7 +84,7 @@ for method, steps in (("age", 2), ("gali4", 1)):
 
   def build(strategy):
     with strategy.scope():
-      model = METHODS[method].from_config(config, synchronized_bn=strategy is mirrored)
+      model = METHODS[method].create(config, synchronized_bn=strategy is mirrored)
       model.build_optimizers()
       step = tf.Variable(0, dtype=tf.int64, trainable=False,
                          aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
@@ -142,7 +142,7 @@ models = {}
 for name, strategy in (("one", single), ("two", mirrored)):
   with strategy.scope():
     keras.utils.set_random_seed(0)
-    models[name] = METHODS["age"].from_config(config, synchronized_bn=strategy is mirrored)
+    models[name] = METHODS["age"].create(config, synchronized_bn=strategy is mirrored)
 for a, b in zip(models["one"].variables, models["two"].variables):
   b.assign(a)
 # Moving statistics unlike the served ones (the same values in both models).

@@ -1,5 +1,6 @@
 """python -m age_tf.evaluate end to end on the digits AGE run: metrics.json, figures, TensorBoard, errors."""
 
+import copy
 import json
 import math
 import os
@@ -10,7 +11,10 @@ import pytest
 from PIL import Image
 from tensorboard.backend.event_processing import event_accumulator
 
+from absl import flags
+
 from age_tf import config as config_lib
+from age_tf import evaluate
 from age_tf.methods import METHODS
 from age_tf.metrics import svm
 
@@ -150,9 +154,50 @@ def test_bad_input_prints_one_error_line_and_exits_2(tmp_path, args, message):
 ])
 def test_svm_features_are_the_last_three_hidden_layers_and_the_mean(method, dim):
   config = config_lib.resolve({"method": method, "dataset": "digits", "model_dir": "/unused"})
-  model = METHODS[method].from_config(config)
+  model = METHODS[method].create(config)
   images = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 1)).astype(np.float32)
   features = svm.encoder_features(model)(images)
   assert features.shape == (3, dim)
   np.testing.assert_allclose(features[:, -config.latent_dim:], model.encode(images).numpy(),
                              rtol=1e-5, atol=1e-6)
+
+
+def test_one_metric_runs_its_unit_alone_with_the_settings_given(digits_run, tmp_path):
+  """evaluate(model_dir, EvalSettings) in this process (no flags parsed): --metrics=svm computes
+  the svm unit only (no feature model, no other unit's keys), with the settings passed."""
+  model_dir = copy_run(digits_run[0], tmp_path / "run")
+  settings = evaluate.EvalSettings(metrics=("svm",), svm_repeats=2)
+  report, out_dir = evaluate.evaluate(model_dir, settings)
+  with open(os.path.join(out_dir, "metrics.json")) as f:
+    written = json.load(f)
+  assert written["metrics_computed"] == ["svm"] and written["step"] == LEARNING_STEPS
+  assert sorted(written["metrics"]) == sorted(
+      ["svm/error", "svm/error_std", "codes/fake_mean", "codes/fake_var", "codes/real_mean",
+       "codes/real_var"])
+  assert set(written["settings"]) == {"svm"} and written["settings"]["svm"]["repeats"] == 2
+  assert set(written["seconds"]) == {"svm", "figures", "total"}
+  assert "feature_model" not in written and len(written["svm"]["errors"]) == 2
+  assert not os.path.exists(os.path.join(model_dir, "eval", evaluate.CLASSIFIER_DIR))
+  assert written["metrics"]["svm/error"] == pytest.approx(report["metrics"]["svm/error"])
+
+
+def test_settings_from_flags_defaults_and_given_flags():
+  flag_values = copy.deepcopy(flags.FLAGS)
+  flag_values(["evaluate"])
+  assert evaluate.settings_from_flags(flag_values) == evaluate.EvalSettings()
+  flag_values = copy.deepcopy(flags.FLAGS)
+  flag_values(["evaluate", "--metrics=svm,recon", "--svm_repeats=3", "--mask_fill=-2",
+               "--feature_model=inception", "--bn_statistics=moving", "--untrained"])
+  assert evaluate.settings_from_flags(flag_values) == evaluate.EvalSettings(
+      metrics=("svm", "recon"), svm_repeats=3, mask_fill=-2.0, feature_model="inception",
+      bn_statistics="moving", untrained=True)
+
+
+def test_help_lists_every_flag_evaluate_reads():
+  result = run_module("age_tf.evaluate", "--help", timeout=300)  # absl's --help exits 1
+  listed = {line.split(":")[0].strip().replace("--[no]", "--")
+            for line in result.stdout.splitlines() if line.startswith("  --")}
+  expected = {"metrics", "checkpoint", "untrained", "eval_batch_size", "num_fid_samples",
+              "svm_repeats", "classifier_epochs"} | set(evaluate.SHARED_FLAGS)
+  assert {f"--{name}" for name in expected} <= listed, listed
+  assert "--learning_rate" not in listed and "--d_steps" not in listed

@@ -64,7 +64,7 @@ def reconstruction_errors(model, images):
 
 def test_reconstructions_are_of_their_own_inputs(gali_run):
   config, trained, _ = checkpointing.load_model(gali_run)
-  untrained = METHODS[config.method].from_config(config)
+  untrained = METHODS[config.method].create(config)
   images = data.test_images(config_lib.dataset_spec(config), 300)
   own, shuffled = reconstruction_errors(trained, images)
   untrained_own, _ = reconstruction_errors(untrained, images)

@@ -283,7 +283,7 @@ def make_model(method, tmp_path=None, **overrides):
     path = str(tmp_path / "classifier.keras")
     classifier.save(path)
     overrides["feature_model"] = path
-  model = METHODS[method].from_config(resolve(method, latent_dim=8, **overrides))
+  model = METHODS[method].create(resolve(method, latent_dim=8, **overrides))
   model.build_optimizers()
   return model
 

@@ -65,7 +65,7 @@ def build(method, rng, weights=None, **overrides):
   """A model of the tiny config (with `weights`: those values) with corrupted statistics."""
   config = make_config(method, **overrides)
   keras.utils.set_random_seed(0)
-  model = METHODS[method].from_config(config)
+  model = METHODS[method].create(config)
   model.build_optimizers()
   if model.data_dependent_init:
     model.initialize_from_data(tf.zeros(model.encoder.inputs[0].shape[1:]))
@@ -80,7 +80,7 @@ def autoencoder():
   """AGE's tiny networks after 150 steps of a plain autoencoder loss: its variables' values."""
   config = make_config("age")
   keras.utils.set_random_seed(0)
-  model = METHODS["age"].from_config(config)
+  model = METHODS["age"].create(config)
   spec = data.get_spec("digits")
   train = np.concatenate([data.to_float(b["image"]).numpy()
                           for b in data.source(spec, "train").batch(2000)])

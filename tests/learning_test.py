@@ -66,7 +66,7 @@ def learning_run(request):
 
 def load(model_dir):
   config, trained, _ = checkpointing.load_model(model_dir)
-  untrained = METHODS[config.method].from_config(config)  # same seed: the initial weights
+  untrained = METHODS[config.method].create(config)  # same seed: the initial weights
   return config, trained, untrained
 
 

@@ -286,8 +286,9 @@ def test_a_read_only_model_dir_is_refused_before_training(tmp_path):
     disk.chmod(0o555)
   try:
     result = train(str(disk / "run"), "--train_steps=2", timeout=120)
-    assert_one_line_error(result, "Could not write flags.json under", "Read-only file system"
-                          if os.geteuid() == 0 else "Permission denied")
+    # The first file a run writes is its lock (train.lock), before flags.json.
+    assert_one_line_error(result, "Could not write", str(disk / "run"), "--model_dir",
+                          "Read-only file system" if os.geteuid() == 0 else "Permission denied")
   finally:
     if os.geteuid() == 0:
       _unmount(disk)

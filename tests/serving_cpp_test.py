@@ -117,7 +117,7 @@ def case(build, tmp_path_factory):
   directory = tmp_path_factory.mktemp("serving_cpp")
   config = config_lib.resolve({"method": "age", "dataset": "digits", "width": 8,
                                "model_dir": str(directory / "run")})
-  model = METHODS[config.method].from_config(config)
+  model = METHODS[config.method].create(config)
   rng = np.random.default_rng(0)
   for variable in model.encoder.non_trainable_variables + model.generator.non_trainable_variables:
     low, high = (0.5, 1.5) if variable.path.endswith("moving_variance") else (-0.2, 0.2)

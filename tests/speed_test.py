@@ -20,7 +20,7 @@ SMALL = dict(dataset="digits", width=4, batch_size=16, train_steps=10, model_dir
 
 def build(method, **overrides):
   config = config_lib.resolve(dict(SMALL, method=method, **overrides))
-  model = METHODS[method].from_config(config)
+  model = METHODS[method].create(config)
   model.build_optimizers()
   return model
 

@@ -34,7 +34,7 @@ def test_resume_continues_step_weights_and_optimizer_state(tmp_path):
   assert step4 == 4
   assert int(model4.encoder_optimizer.iterations) == 4
   assert int(model4.generator_optimizer.iterations) == 8  # two generator updates per step
-  fresh = AGE.from_config(config4)  # the same seed: what a restart from scratch would hold
+  fresh = AGE.create(config4)  # the same seed: what a restart from scratch would hold
   assert not all(np.array_equal(a, b) for a, b in zip(weights(fresh), weights(model4)))
   slots4 = [v.numpy() for v in model4.encoder_optimizer.variables[2:]]
 

@@ -344,7 +344,7 @@ def age_model(**overrides):
                 batch_size=BATCH, seed=SEED)
   values.update(overrides)
   keras.utils.set_random_seed(SEED)
-  model = METHODS["age"].from_config(config_lib.resolve(values))
+  model = METHODS["age"].create(config_lib.resolve(values))
   return model, install_recording_sgd(model)
 
 
@@ -448,7 +448,7 @@ def ali_model(method, feature_model_path=None, **overrides):
     values["feature_model"] = feature_model_path
   values.update(overrides)
   keras.utils.set_random_seed(SEED)
-  model = METHODS[method].from_config(config_lib.resolve(values))
+  model = METHODS[method].create(config_lib.resolve(values))
   log = install_recording_sgd(model)
   # The generator's output bias starts at the mean image, as the training loop does.
   model.initialize_from_data(tf.reduce_mean(real_batches(1)[0], axis=0))
@@ -701,7 +701,7 @@ def test_instance_noise_schedule():
   """Linear: instance_noise * (N - e) / N in epoch e = 1..N, constant within an epoch."""
   values = dict(method="gali4", dataset="digits", latent_dim=LATENT, width=WIDTH,
                 batch_size=64, seed=SEED, instance_noise=0.2)
-  model = METHODS["gali4"].from_config(config_lib.resolve(dict(values, train_steps=230)))
+  model = METHODS["gali4"].create(config_lib.resolve(dict(values, train_steps=230)))
   assert model.config.steps_per_epoch == 23  # 10 epochs
   for update, epoch in [(0, 1), (22, 1), (23, 2), (115, 6), (206, 9), (207, 10), (229, 10)]:
     model.generator_encoder_optimizer.iterations.assign(update)
@@ -710,7 +710,7 @@ def test_instance_noise_schedule():
   assert float(model.noise_std()) == 0.0  # the last epoch has none
   # The digits default: 40 epochs, 0.1 * 39 / 40 in the first.
   del values["instance_noise"]
-  model = METHODS["gali4"].from_config(config_lib.resolve(dict(values, batch_size=8)))
+  model = METHODS["gali4"].create(config_lib.resolve(dict(values, batch_size=8)))
   assert model.config.instance_noise == 0.1
   assert float(model.noise_std()) == pytest.approx(0.1 * 39 / 40)
 

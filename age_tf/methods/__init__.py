@@ -1,4 +1,4 @@
-"""The training methods by --method name: AGE and the ALI/GALI family."""
+"""The training methods by --method name: each is one module of this package and one line here."""
 
 from age_tf.methods import gali
 from age_tf.methods.age import AGE

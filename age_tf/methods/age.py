@@ -3,8 +3,35 @@
 import tensorflow as tf
 
 from age_tf import divergences
+from age_tf.errors import UserError
 from age_tf.methods import base
 from age_tf.networks import dcgan
+from age_tf.settings import Setting
+
+# What AGE reads beyond the shared settings; defaults of None come from PAPER_DEFAULTS.
+SETTINGS = (
+    Setting("kl_estimator", "enum", "KL(Q || N(0, I)) estimator: moments (paper eq. 8, "
+            "parametric) or knn (Kozachenko-Leonenko, paper 3.1).", default="moments",
+            choices=tuple(divergences.KL_ESTIMATORS)),
+    Setting("kl_reduction", "enum", "Average the KL over latent dimensions (authors' code) "
+            "or sum (eq. 8).", default="mean", choices=tuple(divergences.REDUCTIONS)),
+    Setting("x_recon_loss", "enum", "Data-space reconstruction loss: l1 (AGE authors' code, "
+            "the default) or l2, mean squared error (AGE paper eq. 3).", choices=("l1", "l2")),
+    Setting("z_recon_loss", "enum", "Latent reconstruction loss: cos (authors' code) or l2, "
+            "mean squared error (paper eq. 4), or l1.", default="cos",
+            choices=tuple(divergences.RECONSTRUCTION_LOSSES)),
+    Setting("x_recon_weight", "float", "AGE's mu: weight of the data reconstruction loss in "
+            "the encoder objective (default 10; 0 with --z_recon_weight=0: Fig. 2c ablation).",
+            non_negative=True),
+    Setting("z_recon_weight", "float", "AGE's lambda: weight of the latent reconstruction loss "
+            "in the generator objective (default: the paper's 1000; digits 100).",
+            non_negative=True),
+    Setting("generator_x_recon_weight", "float", "Weight of the data reconstruction loss in "
+            "the generator objective (paper Fig. 9 ablation; 0 = off).", default=0.0,
+            non_negative=True),
+    Setting("generator_steps", "integer", "Generator updates per encoder update (default: 2, "
+            "CelebA 3).", positive=True),
+)
 
 
 # The paper's per-dataset settings (section 3.1 and the authors' commands).
@@ -54,6 +81,7 @@ class AGE(base.BidirectionalModel):
   """
 
   method_name = "age"
+  settings = SETTINGS
 
   def __init__(self, config, encoder, generator):
     super().__init__(config, encoder, generator)
@@ -62,7 +90,7 @@ class AGE(base.BidirectionalModel):
     self.generator_optimizer = base.adam(config, self.generator_steps, "generator_adam")
 
   @classmethod
-  def from_config(cls, config, synchronized_bn=False):
+  def create(cls, config, synchronized_bn=False):
     """AGE with the authors' DCGAN encoder and generator for the config's image size."""
     sphere = config.prior == "sphere"
     shape = (config.image_size, config.channels, config.latent_dim)
@@ -80,6 +108,11 @@ class AGE(base.BidirectionalModel):
   def paper_defaults(cls, spec):
     """The per-dataset defaults for a data.DatasetSpec."""
     return PAPER_DEFAULTS["folder" if spec.source == "folder" else spec.name]
+
+  @classmethod
+  def check_settings(cls, values):
+    if values["kl_estimator"] == "knn" and values["batch_size"] < 2:
+      raise UserError("--kl_estimator=knn needs --batch_size of at least 2.")
 
   @property
   def batches_per_step(self):

@@ -223,9 +223,35 @@ class BidirectionalModel(keras.Model):
   """
 
   method_name = ""
+  # The settings this method reads beyond the shared ones (age_tf.settings.Setting):
+  # each becomes a --flag, refused for the other methods.
+  settings = ()
   # Whether the loop calls initialize_from_data(mean image of the first global
   # batch) before the first step.
   data_dependent_init = False
+
+  # -- construction and settings --------------------------------------------
+
+  @classmethod
+  def create(cls, config, synchronized_bn=False):
+    """The method with its networks for a config.Config, built under the current strategy.
+
+    synchronized_bn: BatchNorm statistics over the global batch (multi-replica runs).
+    """
+    raise NotImplementedError
+
+  @classmethod
+  def paper_defaults(cls, spec):
+    """Per-dataset defaults of shared and own settings for a data.DatasetSpec: {name: value}.
+
+    Applied to every setting the command line leaves unset.
+    """
+    return {}
+
+  @classmethod
+  def check_settings(cls, values):
+    """Checks combinations of the resolved values (a dict of every setting; may fill
+    values derived from others); raises UserError naming the problem and the fix."""
 
   def __init__(self, config, encoder, generator, **kwargs):
     super().__init__(name=config.method, **kwargs)

@@ -1,13 +1,16 @@
 """ALI, BiGAN, ALICE and the GALI family: a K-class discriminator over tuples of images, codes and features."""
 
 import io
+import os
 
 import numpy as np
 import tensorflow as tf
 
 from age_tf import divergences
+from age_tf.errors import UserError
 from age_tf.methods import base
 from age_tf.networks import ali as ali_networks
+from age_tf.settings import Setting
 
 OBJECTIVES = ("product", "minimax", "misclassification")
 NOISE_SCHEDULES = ("linear", "exponential")
@@ -15,6 +18,50 @@ MASK_SAMPLERS = ("uniform", "authors", "central")
 # The exponential instance-noise schedule ends at this fraction of its start
 # (the paper gives no rate; an exponential never reaches 0).
 EXPONENTIAL_NOISE_END = 0.01
+
+# What every method of the family reads beyond the shared settings; defaults
+# of None come from the per-dataset schedules below.
+FAMILY_SETTINGS = (
+    Setting("gali_objective", "enum", "Generator-encoder objective: product of terms (GALI "
+            "paper, authors' code), or the paper's ablations minimax and misclassification "
+            "(Fig. 5e-f).", default="product", choices=OBJECTIVES),
+    Setting("d_steps", "integer", "Discriminator updates per generator-encoder update, each "
+            "on its own batch (default: the authors' per method and dataset, 5 or 1).",
+            positive=True),
+    Setting("simultaneous_updates", "bool", "Take the discriminator's and the "
+            "generator-encoder's gradients from one forward pass and apply both (authors' 1:1 "
+            "mode; needs --d_steps=1; default per method and dataset)."),
+    Setting("instance_noise", "float", "Std of the Gaussian noise added to every image the "
+            "discriminator sees, at the start of training (default 0.1).", default=0.1,
+            non_negative=True),
+    Setting("noise_schedule", "enum", "How the instance noise decays per epoch: linear to 0 "
+            "at the end (authors' code, the default) or exponential to 1% of its start (GALI "
+            "paper text).", default="linear", choices=NOISE_SCHEDULES),
+)
+ALICE_SETTINGS = (
+    Setting("x_recon_weight", "float", "ALICE's weight of its reconstruction term (default "
+            "1, 64x64 images 0.02).", non_negative=True),
+    Setting("x_recon_loss", "enum", "ALICE's reconstruction loss: l2, mean squared error "
+            "(authors' code, the default), or l1.", choices=("l1", "l2")),
+)
+FEATURE_SETTINGS = (
+    Setting("feature_model", "string", "GALI-PT's frozen feature model M: a classifier saved "
+            "by `python -m age_tf.classifier` (its model_dir or .keras file), or 'inception' "
+            "(InceptionV3 pool features; needs --inception_weights)."),
+    Setting("inception_weights", "string", "Local file of Keras InceptionV3 no-top weights "
+            "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5).", default=""),
+)
+MASK_SETTINGS = (
+    Setting("mask_sampler", "enum", "GALI-mix encoder masks: uniform rectangles (height and "
+            "width uniform in 0..--mask_max_size, placed to fit; the default), authors (their "
+            "sampler, horizontal range from the height), or central squares of "
+            "--mask_max_size.", default="uniform", choices=MASK_SAMPLERS),
+    Setting("mask_max_size", "integer", "GALI-mix: largest mask side (default: the image "
+            "size, as the paper).", positive=True),
+    Setting("mask_fill", "float", "GALI-mix: the value masked pixels of every encoder input "
+            "take (default -2, the authors': outside the image range [-1, 1], so the encoder "
+            "can tell a hole from black pixels; -1 is black).", default=-2.0),
+)
 
 # The authors' schedules (docs/faithfulness.md): batch 100, latent 256, N(0, I).
 _SVHN = dict(batch_size=100, latent_dim=256, width=32, prior="gaussian", learning_rate=2e-4,
@@ -52,6 +99,7 @@ class AdversarialInference(base.BidirectionalModel):
   class_names = ()
   stochastic_encoder = True
   num_logits = None  # default: one per class
+  settings = FAMILY_SETTINGS
 
   def __init__(self, config, encoder, generator, discriminator, feature_model=None):
     super().__init__(config, encoder, generator)
@@ -67,7 +115,7 @@ class AdversarialInference(base.BidirectionalModel):
   # -- construction --------------------------------------------------------
 
   @classmethod
-  def from_config(cls, config, synchronized_bn=False):
+  def create(cls, config, synchronized_bn=False):
     """The method with the ALI/GALI networks for the config's image size."""
     shape = (config.image_size, config.channels, config.latent_dim)
     transposed_conv = cls.transposed_conv(config)
@@ -112,7 +160,15 @@ class AdversarialInference(base.BidirectionalModel):
 
   @classmethod
   def method_defaults(cls, spec):
+    """What this method sets on top of the family's schedule for the dataset."""
     return {}
+
+  @classmethod
+  def check_settings(cls, values):
+    if values["simultaneous_updates"] and values["d_steps"] != 1:
+      raise UserError(f"--simultaneous_updates takes both gradients from one forward pass, "
+                      f"so it needs --d_steps=1 (got {values['d_steps']}); use --d_steps=1 or "
+                      "--nosimultaneous_updates.")
 
   # -- the contract --------------------------------------------------------
 
@@ -367,6 +423,7 @@ class ALICE(ALI):
   """ALICE (Li et al. 2017): ALI plus w * mean squared error between x and G(E(x))."""
 
   method_name = "alice"
+  settings = FAMILY_SETTINGS + ALICE_SETTINGS
 
   @classmethod
   def method_defaults(cls, spec):
@@ -433,6 +490,19 @@ class GALIPT(GALI4):
 
   method_name = "gali_pt"
   signature = ("x", "z", "y")
+  settings = FAMILY_SETTINGS + FEATURE_SETTINGS
+
+  @classmethod
+  def check_settings(cls, values):
+    super().check_settings(values)
+    model = values["feature_model"]
+    if not model:
+      raise UserError("--method=gali_pt needs --feature_model: a classifier trained with "
+                      "`python -m age_tf.classifier --dataset=... --model_dir=DIR` (pass DIR), "
+                      "or 'inception' with --inception_weights=FILE.")
+    if model != "inception" and not os.path.exists(model):
+      raise UserError(f"--feature_model={model} does not exist; train one with "
+                      "`python -m age_tf.classifier --dataset=... --model_dir=DIR`.")
 
   def features(self, images):
     return self.feature_model(images, training=False)
@@ -454,6 +524,16 @@ class GALIMix(AdversarialInference):
 
   method_name = "gali_mix"
   class_names = ("x_z1", "x_z2", "r_z3", "mix_z1", "gz_z", "gzf_z", "mix_z2", "x_z3")
+  settings = FAMILY_SETTINGS + MASK_SETTINGS
+
+  @classmethod
+  def check_settings(cls, values):
+    super().check_settings(values)
+    if values["mask_max_size"] is None:
+      values["mask_max_size"] = values["image_size"]
+    if not 0 < values["mask_max_size"] <= values["image_size"]:
+      raise UserError(f"--mask_max_size={values['mask_max_size']} must be in 1.."
+                      f"{values['image_size']} (the image size).")
 
   def masks(self, batch_size):
     cfg = self.config

@@ -109,11 +109,11 @@ def _filter_gradient(inputs, kernel, out_backprop, stride, padding):
   Conv2DBackpropFilter, except in bfloat16 and float16 on maps of at most
   MAX_MATMUL_FILTER_GRADIENT_AREA output positions (the deep, small layers),
   where it is the patches of `inputs` times out_backprop as one matmul:
-  oneDNN's half-precision filter-gradient kernel runs those 1.5-4x slower
-  than the matmul (the CIFAR-10 AGE step in bfloat16: 1.20x faster on an AMX
-  CPU, benchmarks/ablation.py --change=filter_gradient). In float32 the two
-  are level per layer and the matmul made the whole step 6% slower, so
-  float32 keeps Conv2DBackpropFilter.
+  oneDNN's half-precision filter-gradient kernel is slower than the matmul
+  there (`benchmarks/ablation.py --change=filter_gradient` measures it;
+  benchmarks/README.md has figures). In float32 the two are level per layer
+  and the matmul slowed the whole step, so float32 keeps
+  Conv2DBackpropFilter.
   """
   k_rows, k_cols, channels, filters = kernel.shape
   small = out_backprop.shape[1] * out_backprop.shape[2] <= MAX_MATMUL_FILTER_GRADIENT_AREA
