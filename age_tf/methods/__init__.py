@@ -2,5 +2,6 @@
 
 from age_tf.methods import gali
 from age_tf.methods.age import AGE
+from age_tf.methods.vae import VAE
 
-METHODS = {"age": AGE, **gali.METHODS}
+METHODS = {"age": AGE, **gali.METHODS, "vae": VAE}
