@@ -1,6 +1,6 @@
 """Times the authors' PyTorch AGE (CIFAR-10) and GALI-4 (SVHN) iterations: the baselines to beat.
 
-    python -m venv /tmp/torch && /tmp/torch/bin/pip install torch==2.13.0 numpy   # a CPU build; see below
+    python -m venv /tmp/torch && /tmp/torch/bin/pip install torch==2.13.0 numpy   # 2.13.0: a CPU build
     /tmp/torch/bin/python benchmarks/pytorch_reference.py            # AGE: 2 threads, 5 runs of 5
     /tmp/torch/bin/python benchmarks/pytorch_reference.py --method=gali4
     /tmp/torch/bin/python benchmarks/pytorch_reference.py --method=gali4 --precision=bfloat16
