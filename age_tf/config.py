@@ -16,7 +16,7 @@ from age_tf.errors import UserError
 from age_tf import settings as settings_lib
 from age_tf.methods import METHODS
 from age_tf.methods.base import PRECISIONS
-from age_tf.methods.base import PRIORS
+from age_tf.prior import PRIORS
 from age_tf.networks.subpixel import ALGORITHMS as TRANSPOSED_CONV_ALGORITHMS
 
 

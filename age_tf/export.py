@@ -55,6 +55,7 @@ from age_tf import checkpointing
 from age_tf import config as config_lib  # defines --model_dir and --export_dir
 from age_tf import data
 from age_tf import inference_statistics
+from age_tf import prior as prior_lib
 from age_tf.errors import UserError
 
 METADATA_DIR = "assets.extra"  # the SavedModel directory for files the graph does not load
@@ -89,7 +90,7 @@ def signature_functions(model, image_shape):
     return {"reconstructions": model.reconstruct(images, training=False)}
 
   def sample(noise):  # pylint: disable=redefined-outer-name
-    prior_codes = prior_from_normal(checked(noise, "noise", [latent_dim]), model.prior)
+    prior_codes = prior_lib.from_normal(checked(noise, "noise", [latent_dim]), model.prior)
     return {"codes": prior_codes, "images": model.generate(prior_codes, training=False)}
 
   def encode_uint8(images):  # pylint: disable=redefined-outer-name
@@ -119,11 +120,6 @@ def checked(tensor, name, example_shape):
       ok, [f"age_tf export: input {name} must have shape (batch, "
            f"{', '.join(map(str, example_shape))}); got shape", shape], summarize=8)]):
     return tf.identity(tensor)
-
-
-def prior_from_normal(normal, prior):
-  """N(0, I) draws -> the prior's: onto the unit sphere, as the methods' sample_prior does."""
-  return tf.math.l2_normalize(normal, axis=-1) if prior == "sphere" else normal
 
 
 def build_archive(model, image_shape, metadata):

@@ -51,6 +51,7 @@ import numpy as np
 import tensorflow as tf
 
 from age_tf import data
+from age_tf import prior as prior_lib
 from age_tf.errors import UserError
 
 MODES = ("recompute", "recompute_shared", "moving")
@@ -359,9 +360,7 @@ def calibration_data(spec, count, latent_dim, prior, seed, data_dir=None, downlo
   """`count` training images (sample_images) and as many prior draws, fixed by the seed."""
   images = sample_images(spec, "train", count, seed, data_dir, download)
   rng = np.random.default_rng([seed, 2026, 2])
-  prior_draws = rng.standard_normal((len(images), latent_dim)).astype(np.float32)
-  if prior == "sphere":
-    prior_draws /= np.linalg.norm(prior_draws, axis=1, keepdims=True)
+  prior_draws = prior_lib.numpy_draws(rng, len(images), latent_dim, prior)
   return Calibration(images=images, prior=prior_draws)
 
 

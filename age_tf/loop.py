@@ -18,6 +18,7 @@ from age_tf import data
 from age_tf import distribute
 from age_tf import images as images_lib
 from age_tf import inference_statistics
+from age_tf import prior as prior_lib
 from age_tf import run_lock
 from age_tf.errors import TrainingStopped
 from age_tf.errors import UserError
@@ -473,10 +474,8 @@ class _Figures:
     self.model_dir = config.model_dir
     self.model = model
     self.batch_size = config.batch_size
-    z = np.random.default_rng(config.seed).standard_normal((NUM_SAMPLES, config.latent_dim))
-    if config.prior == "sphere":
-      z /= np.linalg.norm(z, axis=1, keepdims=True)
-    self.fixed_z = tf.constant(z, tf.float32)
+    self.fixed_z = tf.constant(prior_lib.numpy_draws(
+        np.random.default_rng(config.seed), NUM_SAMPLES, config.latent_dim, config.prior))
     self.test_images = self.recon_images = None
     if spec.num_test:
       self.test_images = data.test_images(spec, NUM_RECONSTRUCTIONS, config.data_dir or None,

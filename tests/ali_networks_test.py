@@ -326,9 +326,9 @@ def test_mixed_precision_and_config():
   for layer in (dense, conv):
     assert layer.kernel.dtype == "float32" and layer.u.dtype == "float32"
   assert conv.bias is None
-  restored = SNConv2D.create(conv.get_config())
+  restored = SNConv2D.from_config(conv.get_config())
   assert (restored.filters, restored.kernel_size, restored.strides,
           restored.padding, restored.use_bias) == (2, (3, 2), (1, 2), "valid",
                                                    False)
-  restored_dense = SNDense.create(dense.get_config())
+  restored_dense = SNDense.from_config(dense.get_config())
   assert restored_dense.units == 3 and restored_dense.use_bias

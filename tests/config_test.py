@@ -159,7 +159,7 @@ def test_command_line_overrides_flagfile():
 
 
 @pytest.mark.parametrize("values,message", [
-    ({"method": "vae"}, "valid methods: age"),
+    ({"method": "wgan"}, "valid methods: age"),
     ({"dataset": "imagenet"}, "valid datasets: mnist, cifar10, svhn, celeba, digits, folder:PATH"),
     ({"image_size": 48}, "image_size=48"),
     ({"batch_size": 4096}, "larger than the 1497 training images"),
@@ -190,10 +190,10 @@ def test_bad_values_are_refused_with_a_clear_message(values, message):
 
 
 def test_cli_refuses_unknown_method_with_one_line_and_no_traceback(tmp_path):
-  result = run_module("age_tf.train", "--method=vae", f"--model_dir={tmp_path}", timeout=120)
+  result = run_module("age_tf.train", "--method=wgan", f"--model_dir={tmp_path}", timeout=120)
   assert result.returncode == 2
-  assert ("error: Unknown --method='vae'; valid methods: age, ali, bigan, alice, gali4, gali8, "
-          "gali_pt, gali_mix." in result.stderr)
+  assert ("error: Unknown --method='wgan'; valid methods: age, ali, bigan, alice, gali4, gali8, "
+          "gali_pt, gali_mix, vae." in result.stderr)
   assert "Traceback" not in result.stderr
   assert not os.listdir(tmp_path)  # nothing was written
 

@@ -9,6 +9,7 @@ from age_tf import checkpointing
 from age_tf import config as config_lib
 from age_tf import features
 from age_tf import loop
+from age_tf import masks as masks_lib
 from age_tf.methods import METHODS
 from age_tf.methods import gali
 from age_tf.networks import spectral_norm
@@ -184,7 +185,7 @@ def test_gali_mix_tuples_share_codes_and_mix_images():
 @pytest.mark.parametrize("sampler", ["uniform", "authors"])
 def test_mask_sizes_and_positions_are_uniform(sampler):
   rng = tf.random.Generator.from_seed(0)
-  masks = gali.sample_masks(rng, 4000, 32, 16, sampler).numpy()[..., 0]
+  masks = masks_lib.sample(rng, 4000, 32, 16, sampler).numpy()[..., 0]
   heights, widths = masks.max(2).sum(1), masks.max(1).sum(1)
   assert set(np.unique(heights)) <= set(range(17))
   if sampler == "uniform":
@@ -201,13 +202,13 @@ def test_mask_sizes_and_positions_are_uniform(sampler):
     # The authors' horizontal range uses the height: boxes wider than tall can overrun the
     # right edge and get clipped. With 16 x 16 images and boxes up to 16 the clipped mean
     # width of non-empty masks drops from 8.5 to about 7.5.
-    masks = gali.sample_masks(rng, 4000, 16, 16, sampler).numpy()[..., 0]
+    masks = masks_lib.sample(rng, 4000, 16, 16, sampler).numpy()[..., 0]
     full = masks.sum((1, 2)) > 0
     assert masks.max(1).sum(1)[full].mean() < 8.0 < masks.max(2).sum(1)[full].mean()
 
 
 def test_central_masks():
-  masks = gali.sample_masks(tf.random.Generator.from_seed(0), 2, 32, 10, "central").numpy()
+  masks = masks_lib.sample(tf.random.Generator.from_seed(0), 2, 32, 10, "central").numpy()
   assert masks.sum() == 2 * 100 and masks[0, 11:21, 11:21].all()
 
 

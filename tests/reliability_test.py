@@ -191,7 +191,7 @@ def test_nan_skip_leaves_the_update_out_counts_it_and_trains_on(method, replicas
     (("--dataset=imagenet",), ("Unknown --dataset='imagenet'", "valid datasets: ", "digits")),
     (("--strategy=tpu",), ("Unknown --strategy='tpu'",
                            "valid strategies: auto, mirrored, multi_worker, one_device")),
-    (("--method=vae",), ("Unknown --method='vae'", "valid methods: age, ali")),
+    (("--method=wgan",), ("Unknown --method='wgan'", "valid methods: age, ali")),
 ])
 def test_unknown_names_are_refused_listing_the_valid_ones(args, fragments, tmp_path):
   result = run_module("age_tf.train", *args, f"--model_dir={tmp_path}", timeout=120)

@@ -6,9 +6,9 @@ import threading
 import keras
 import tensorflow as tf
 
+from age_tf import prior as prior_lib
 from age_tf.networks import subpixel
 
-PRIORS = ("sphere", "gaussian")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
 
@@ -255,8 +255,8 @@ class BidirectionalModel(keras.Model):
 
   def __init__(self, config, encoder, generator, **kwargs):
     super().__init__(name=config.method, **kwargs)
-    if config.prior not in PRIORS:
-      raise ValueError(f"Unknown prior {config.prior!r}; valid: {PRIORS}.")
+    if config.prior not in prior_lib.PRIORS:
+      raise ValueError(f"Unknown prior {config.prior!r}; valid: {prior_lib.PRIORS}.")
     self.config = config
     self.encoder = encoder
     self.generator = generator
@@ -332,8 +332,7 @@ class BidirectionalModel(keras.Model):
 
   def sample_prior(self, batch_size):
     """z ~ N(0, I), projected onto the unit sphere for the sphere prior."""
-    z = self.random.normal([batch_size, self.latent_dim])
-    return tf.math.l2_normalize(z, axis=-1) if self.prior == "sphere" else z
+    return prior_lib.from_normal(self.random.normal([batch_size, self.latent_dim]), self.prior)
 
   def encode(self, images, training=False):
     return self.encoder(images, training=training)

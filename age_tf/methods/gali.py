@@ -7,6 +7,7 @@ import numpy as np
 import tensorflow as tf
 
 from age_tf import divergences
+from age_tf import masks as masks_lib
 from age_tf.errors import UserError
 from age_tf.methods import base
 from age_tf.networks import ali as ali_networks
@@ -14,7 +15,7 @@ from age_tf.settings import Setting
 
 OBJECTIVES = ("product", "minimax", "misclassification")
 NOISE_SCHEDULES = ("linear", "exponential")
-MASK_SAMPLERS = ("uniform", "authors", "central")
+MASK_SAMPLERS = masks_lib.SAMPLERS
 # The exponential instance-noise schedule ends at this fraction of its start
 # (the paper gives no rate; an exponential never reaches 0).
 EXPONENTIAL_NOISE_END = 0.01
@@ -537,12 +538,12 @@ class GALIMix(AdversarialInference):
 
   def masks(self, batch_size):
     cfg = self.config
-    return sample_masks(self.random, batch_size, cfg.image_size, cfg.mask_max_size,
-                        cfg.mask_sampler)
+    return masks_lib.sample(self.random, batch_size, cfg.image_size, cfg.mask_max_size,
+                            cfg.mask_sampler)
 
   def masked_codes(self, images):
     masks = self.masks(tf.shape(images)[0])
-    return self.sample_codes(apply_mask(images, masks, self.config.mask_fill)), masks
+    return self.sample_codes(masks_lib.apply(images, masks, self.config.mask_fill)), masks
 
   def tuples(self, x):
     z = self.sample_prior(tf.shape(x)[0])
@@ -554,39 +555,6 @@ class GALIMix(AdversarialInference):
     f = self.g(z)
     zf, _ = self.masked_codes(f)
     return [[x, z1], [x, z2], [r, z3], [mix, z1], [f, z], [self.g(zf), z], [mix, z2], [x, z3]]
-
-
-def sample_masks(rng, batch_size, image_size, max_size, sampler):
-  """Rectangle masks (B, H, W, 1), 1 inside: --mask_sampler's distribution.
-
-  uniform: height and width uniform in 0..max_size, the corner uniform so the
-  rectangle fits. authors: the same, but the horizontal range computed from
-  the height (the authors' bug). central: a max_size square in the middle.
-  """
-  if sampler == "central":
-    start = (image_size - max_size) // 2
-    inside = tf.logical_and(tf.range(image_size) >= start, tf.range(image_size) < start + max_size)
-    box = tf.cast(tf.logical_and(inside[:, None], inside[None, :]), tf.float32)
-    return tf.tile(box[None, :, :, None], [batch_size, 1, 1, 1])
-
-  def uniform_int(high):  # integers uniform in 0..high (inclusive), per sample
-    u = rng.uniform([batch_size])
-    return tf.minimum(tf.floor(u * (tf.cast(high, tf.float32) + 1.0)), tf.cast(high, tf.float32))
-
-  height, width = uniform_int(max_size), uniform_int(max_size)
-  top = uniform_int(image_size - height)
-  left = uniform_int(image_size - (height if sampler == "authors" else width))
-  pixels = tf.range(image_size, dtype=tf.float32)
-  rows = tf.logical_and(pixels[None] >= top[:, None], pixels[None] < (top + height)[:, None])
-  cols = tf.logical_and(pixels[None] >= left[:, None], pixels[None] < (left + width)[:, None])
-  masks = tf.logical_and(rows[:, :, None], cols[:, None, :])
-  return tf.cast(masks, tf.float32)[..., None]
-
-
-def apply_mask(images, masks, fill):
-  """Images with the masked rectangle set to `fill`."""
-  masks = tf.cast(masks, images.dtype)
-  return images * (1.0 - masks) + fill * masks
 
 
 METHODS = {m.method_name: m for m in (ALI, BiGAN, ALICE, GALI4, GALI8, GALIPT, GALIMix)}

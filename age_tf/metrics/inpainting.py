@@ -3,14 +3,14 @@
 import numpy as np
 import tensorflow as tf
 
-from age_tf.methods import gali
+from age_tf import masks as masks_lib
 from age_tf.metrics import inputs
 
-SAMPLERS = gali.MASK_SAMPLERS
+SAMPLERS = masks_lib.SAMPLERS
 
 
 def masks_for(rng, batch_size, image_size, max_size=None, sampler="uniform"):
-  """Rectangle masks (B, H, W, 1), 1 inside, from GALI-mix's sampler (methods.gali.sample_masks).
+  """Rectangle masks (B, H, W, 1), 1 inside, (masks.sample).
 
   sampler "uniform" (height and width uniform in 0..max_size, placed to fit),
   "authors" or "central" (a max_size square in the middle); max_size
@@ -18,12 +18,12 @@ def masks_for(rng, batch_size, image_size, max_size=None, sampler="uniform"):
   """
   if sampler not in SAMPLERS:
     raise ValueError(f"Unknown mask sampler {sampler!r}; valid: {SAMPLERS}.")
-  return gali.sample_masks(rng, batch_size, image_size, max_size or image_size, sampler)
+  return masks_lib.sample(rng, batch_size, image_size, max_size or image_size, sampler)
 
 
 def inpaint(model, images, masks, fill=-1.0):
   """(corrupted, restored, inpainted): masked x, G(E(masked x)), and x outside / restored inside."""
-  corrupted = gali.apply_mask(images, masks, fill)
+  corrupted = masks_lib.apply(images, masks, fill)
   restored = model.reconstruct(corrupted, training=False)
   masks = tf.cast(masks, images.dtype)
   return corrupted, restored, images * (1.0 - masks) + restored * masks

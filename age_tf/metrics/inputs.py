@@ -3,6 +3,8 @@
 import numpy as np
 import tensorflow as tf
 
+from age_tf import prior as prior_lib
+
 DEFAULT_BATCH_SIZE = 100
 
 
@@ -45,5 +47,4 @@ def prior_codes(rng, model, count):
   BidirectionalModel.sample_prior draws them; a fixed-seed rng gives the
   same codes every evaluation.
   """
-  z = rng.normal([count, model.latent_dim])
-  return tf.math.l2_normalize(z, axis=-1) if model.prior == "sphere" else z
+  return prior_lib.from_normal(rng.normal([count, model.latent_dim]), model.prior)
