@@ -5,7 +5,9 @@ digits defaults (40 epochs, 920 steps: about 75 s for ALI and 3 min for
 GALI-4 on a 2-core CPU). Thresholds, on the 300 test images in [0, 1]:
 
 * The untrained model (the same seed's weights before training) scores a
-  pixel MSE of 0.143 (its generator paints flat grey). GALI-4 runs scored
+  pixel MSE of 0.143 (its generator paints flat grey). At the digits rate
+  2e-4, GALI-4 runs of 1,000 steps scored 0.044 and 0.052 (0.087 and 0.077
+  to another image; docs/datasets.md). At the earlier rate 5e-4, runs scored
   0.065-0.066, and with the fused BatchNorm 0.064 (sub-pixel layers; 0.086
   to another image) and 0.071 (native; 0.092): required below 0.6 x the
   untrained model's. (On an AVX2 CPU before the fused BatchNorm, runs read
