@@ -10,7 +10,6 @@ from absl import flags
 
 from age_tf import data
 from age_tf import distribute
-from age_tf import divergences
 from age_tf import inference_statistics
 from age_tf.errors import UserError
 from age_tf import settings as settings_lib
