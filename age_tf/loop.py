@@ -70,37 +70,23 @@ def train(config, strategy=None, lock=True):
 
 
 def _train(config, spec, strategy, chief):
-  """train()'s work, once the run holds its model_dir."""
-  replicas = strategy.num_replicas_in_sync
+  """train()'s work, once the run holds its model_dir: restore or build, input, outputs,
+  first-step initialisation, the compiled steps and the chunk loop (_run)."""
   if config.deterministic:
     tf.config.experimental.enable_op_determinism()
   keras.utils.set_random_seed(config.seed)  # initial weights
   model, step, manager = _restore_or_build(config, strategy, chief)
   start = int(step.numpy())
-  logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
-               "replica(s); model_dir %s%s", config.method, spec.name, spec.image_size,
-               spec.image_size, spec.channels, config.latent_dim, config.train_steps,
-               config.steps_per_epoch, config.batch_size, replicas, config.model_dir,
-               f"; resuming at step {start}" if start else "")
+  _log_start(config, spec, strategy, start)
   if start >= config.train_steps:
     logging.info("Already trained to step %d (--train_steps=%d); nothing to do.",
                  start, config.train_steps)
     return {}
   iterator = _input(config, spec, strategy, model, start)
   figures = _Figures(config, spec, model) if chief else None
-  if chief:
-    with writing("flags.json", config.model_dir):
-      checkpointing.save_flags(config)
-      _remove_partial_checkpoints(manager.directory)
-      writer = tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
-  else:
-    writer = tf.summary.create_noop_writer()
+  writer = _open_outputs(config, manager, chief)
   if start == 0:
-    if model.data_dependent_init:
-      model.initialize_from_data(_mean_image(strategy, iterator))
-    if figures:
-      with writing("images", config.model_dir):
-        figures.write(writer, 0)
+    _initialize(config, strategy, model, iterator, figures, writer)
   # A signal is handled (the current step finishes, a checkpoint is written)
   # on one machine; under multi_worker a worker's signal cannot stop the
   # others' collectives, so there the default (exit, resume from the last
@@ -115,12 +101,39 @@ def _train(config, spec, strategy, chief):
       last = _run(config, model, step, manager, iterator, figures, writer, run_steps,
                   interrupts)
   finally:
-    if not chief and tf.io.gfile.exists(manager.directory):
+    if not chief and tf.io.gfile.exists(manager.directory):  # a worker's own checkpoints
       tf.io.gfile.rmtree(manager.directory)
   logging.info("Trained to step %d; checkpoint %s; weights fingerprint %.10e",
                int(step.numpy()), manager.latest_checkpoint if chief else "(the chief's)",
                weights_fingerprint(model))
   return last
+
+
+def _log_start(config, spec, strategy, start):
+  logging.info("%s on %s: %dx%dx%d images, M=%d, %d steps (%d per epoch), batch %d on %d "
+               "replica(s); model_dir %s%s", config.method, spec.name, spec.image_size,
+               spec.image_size, spec.channels, config.latent_dim, config.train_steps,
+               config.steps_per_epoch, config.batch_size, strategy.num_replicas_in_sync,
+               config.model_dir, f"; resuming at step {start}" if start else "")
+
+
+def _open_outputs(config, manager, chief):
+  """The chief writes flags.json, clears partial checkpoints and opens the event writer."""
+  if not chief:
+    return tf.summary.create_noop_writer()
+  with writing("flags.json", config.model_dir):
+    checkpointing.save_flags(config)
+    _remove_partial_checkpoints(manager.directory)
+    return tf.summary.create_file_writer(os.path.join(config.model_dir, "train"))
+
+
+def _initialize(config, strategy, model, iterator, figures, writer):
+  """Before step 1 of a new run: the data-dependent initialisation and the step-0 images."""
+  if model.data_dependent_init:
+    model.initialize_from_data(_mean_image(strategy, iterator))
+  if figures:
+    with writing("images", config.model_dir):
+      figures.write(writer, 0)
 
 
 def weights_fingerprint(model):
@@ -184,67 +197,122 @@ def _mean_image(strategy, iterator):
 
 
 def _run(config, model, step, manager, iterator, figures, writer, run_steps, interrupts=None):
-  """Runs chunks of steps up to each summary, image and checkpoint boundary."""
-  current = int(step.numpy())
-  progress = _Progress(config.train_steps, current, model.progress_keys)
-  intervals = (config.log_every, config.image_every, config.checkpoint_every,
-               config.steps_per_loop)
-  logged, last = _Accumulator(), {}
-  timed_steps, timed_seconds, first_chunk = 0, 0.0, True
-  skipped = 0
-  while current < config.train_steps:
-    boundary = min([(current // k + 1) * k for k in intervals] + [config.train_steps])
+  """Runs chunks of steps up to each summary, image and checkpoint boundary.
+
+  Each chunk, in order: run the compiled steps up to the next boundary, apply
+  the NaN policy (--on_nan), log, write images, save a checkpoint, and stop
+  if a signal asked to.
+  """
+  run = _RunState(config, model, manager, figures, writer, interrupts, int(step.numpy()))
+  while run.current < config.train_steps:
+    status = run.one_chunk(run_steps, iterator)
+    run.apply_nan_policy(status)
+    run.log()
+    run.write_images()
+    run.save_checkpoint()
+    run.stop_if_signalled()
+  writer.flush()
+  run.progress.finish()
+  return run.last
+
+
+class _RunState:
+  """What the loop keeps between chunks, and the named steps of one chunk (see _run)."""
+
+  def __init__(self, config, model, manager, figures, writer, interrupts, start):
+    self.config, self.model, self.manager = config, model, manager
+    self.figures, self.writer, self.interrupts = figures, writer, interrupts
+    self.current = start
+    self.progress = _Progress(config.train_steps, start, model.progress_keys)
+    self.intervals = (config.log_every, config.image_every, config.checkpoint_every,
+                      config.steps_per_loop)
+    self.logged, self.last = _Accumulator(), {}
+    self.timed_steps, self.timed_seconds, self.first_chunk = 0, 0.0, True
+    self.skipped = 0  # steps left out by --on_nan=skip in this process
+
+  @property
+  def done(self):
+    return self.current == self.config.train_steps
+
+  @property
+  def stopping(self):
+    return self.interrupts is not None and self.interrupts.signal_name is not None
+
+  def _at(self, every):
+    return self.current % every == 0 or self.done or self.stopping
+
+  def one_chunk(self, run_steps, iterator):
+    """Runs the steps up to the next boundary, accumulates their means; returns their status."""
+    boundary = min([(self.current // k + 1) * k for k in self.intervals]
+                   + [self.config.train_steps])
     began = time.perf_counter()
-    outputs = run_steps(iterator, tf.constant(boundary - current))
+    outputs = run_steps(iterator, tf.constant(boundary - self.current))
     seconds = time.perf_counter() - began
     status = {k: outputs.pop(k).numpy() for k in STATUS_KEYS}
     means = {k: float(v) for k, v in outputs.items()}
-    num_steps, finite_steps = int(status["steps"]), int(status["finite_steps"])
-    current += num_steps
-    if status["first_bad_step"] >= 0:
-      bad = {name: float(value) for name, value in zip(model.metric_names, status["bad_values"])
-             if not np.isfinite(value)}
-      if config.on_nan == "stop":
-        raise TrainingStopped(_nan_message(int(status["first_bad_step"]), bad, manager), 1)
-      skipped += num_steps - finite_steps
-      logging.warning("Skipped %d step(s) with non-finite losses up to step %d (first: step %d, "
-                      "%s); %d skipped in this run (--on_nan=skip).", num_steps - finite_steps,
-                      current, int(status["first_bad_step"]), _describe(bad), skipped)
-    if not first_chunk:  # the first call includes tracing
-      timed_steps, timed_seconds = timed_steps + num_steps, timed_seconds + seconds
-    first_chunk = False
-    if finite_steps:
-      logged.add(means, finite_steps)
-    done = current == config.train_steps
-    stopping = interrupts is not None and interrupts.signal_name is not None
-    if current % config.log_every == 0 or done or stopping:
-      perf = {}
-      if timed_seconds:
-        rate = timed_steps / timed_seconds
-        perf = {"perf/steps_per_sec": rate, "perf/images_per_sec": rate * config.batch_size}
-      if config.on_nan == "skip":
-        perf["nan/skipped_steps"] = float(skipped)
-      last = dict(logged.means(), **perf)
-      _write_scalars(writer, current, last, model)
-      progress.log(current, last)
-      logged, timed_steps, timed_seconds = _Accumulator(), 0, 0.0
-    progress.update(current, means)
-    if figures and (current % config.image_every == 0 or done or stopping):
-      with writing("images", config.model_dir):
-        figures.write(writer, current)
-    if current % config.checkpoint_every == 0 or done or stopping:
-      with writing("a checkpoint", manager.directory):
-        manager.save(checkpoint_number=current)
-    if stopping:
-      writer.flush()
-      progress.finish()
-      raise TrainingStopped(
-          f"Stopped by {interrupts.signal_name} after step {current} of {config.train_steps}; "
-          f"checkpoint {manager.latest_checkpoint} written. Run the same command to resume.",
-          128 + interrupts.signal_number)
-  writer.flush()
-  progress.finish()
-  return last
+    num_steps = int(status["steps"])
+    self.current += num_steps
+    if not self.first_chunk:  # the first call includes tracing
+      self.timed_steps += num_steps
+      self.timed_seconds += seconds
+    self.first_chunk = False
+    if int(status["finite_steps"]):
+      self.logged.add(means, int(status["finite_steps"]))
+    self.progress.update(self.current, means)
+    return status
+
+  def apply_nan_policy(self, status):
+    """--on_nan=stop raises TrainingStopped; skip counts the steps left out and warns."""
+    if status["first_bad_step"] < 0:
+      return
+    first_bad = int(status["first_bad_step"])
+    bad = {name: float(value) for name, value in zip(self.model.metric_names,
+                                                      status["bad_values"])
+           if not np.isfinite(value)}
+    if self.config.on_nan == "stop":
+      raise TrainingStopped(_nan_message(first_bad, bad, self.manager), 1)
+    left_out = int(status["steps"]) - int(status["finite_steps"])
+    self.skipped += left_out
+    logging.warning("Skipped %d step(s) with non-finite losses up to step %d (first: step %d, "
+                    "%s); %d skipped in this run (--on_nan=skip).", left_out, self.current,
+                    first_bad, _describe(bad), self.skipped)
+
+  def log(self):
+    """At log steps: the interval's step-weighted means and speed to TensorBoard and the log."""
+    if not self._at(self.config.log_every):
+      return
+    perf = {}
+    if self.timed_seconds:
+      rate = self.timed_steps / self.timed_seconds
+      perf = {"perf/steps_per_sec": rate, "perf/images_per_sec": rate * self.config.batch_size}
+    if self.config.on_nan == "skip":
+      perf["nan/skipped_steps"] = float(self.skipped)
+    self.last = dict(self.logged.means(), **perf)
+    _write_scalars(self.writer, self.current, self.last, self.model)
+    self.progress.log(self.current, self.last)
+    self.logged, self.timed_steps, self.timed_seconds = _Accumulator(), 0, 0.0
+
+  def write_images(self):
+    """At image steps (chief only): sample and reconstruction grids, the served test error."""
+    if self.figures and self._at(self.config.image_every):
+      with writing("images", self.config.model_dir):
+        self.figures.write(self.writer, self.current)
+
+  def save_checkpoint(self):
+    if self._at(self.config.checkpoint_every):
+      with writing("a checkpoint", self.manager.directory):
+        self.manager.save(checkpoint_number=self.current)
+
+  def stop_if_signalled(self):
+    """After SIGINT/SIGTERM, once the chunk's checkpoint is written: TrainingStopped."""
+    if not self.stopping:
+      return
+    self.writer.flush()
+    self.progress.finish()
+    raise TrainingStopped(
+        f"Stopped by {self.interrupts.signal_name} after step {self.current} of "
+        f"{self.config.train_steps}; checkpoint {self.manager.latest_checkpoint} written. "
+        "Run the same command to resume.", 128 + self.interrupts.signal_number)
 
 
 def _describe(bad):
@@ -363,15 +431,17 @@ def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_
 
   The loop ends early before a step when `stop` (a bool variable) is set,
   and, with on_nan="stop", after the first non-finite step. With
-  on_nan="skip" a non-finite step's updates are not applied
-  (BidirectionalModel.apply_gradients) and the BatchNorm statistics its
-  forward passes changed are restored. nan_at_step >= 1 replaces that step's
+  on_nan="skip" a non-finite step's updates are not applied (the model's
+  skip_non_finite_updates, which BidirectionalModel.apply_gradients honours)
+  and the BatchNorm statistics its forward passes changed are restored. nan_at_step >= 1 replaces that step's
   real images with NaN (the test hook of --debug_nan_at_step). jit_compile
   compiles each train_step with XLA (one replica: XLA cannot compile a step
   whose BatchNorm and optimizer reduce across MirroredStrategy replicas).
   """
   names = model.metric_names
   skip = on_nan == "skip"
+  # The policy is the loop's; the model's updates carry it out (base.apply_gradients).
+  model.skip_non_finite_updates = skip
   state = model.state_variables() if skip else []
   _check_jit_compile(jit_compile, strategy.num_replicas_in_sync)
 

@@ -229,6 +229,9 @@ class BidirectionalModel(keras.Model):
   # Whether the loop calls initialize_from_data(mean image of the first global
   # batch) before the first step.
   data_dependent_init = False
+  # The loop's NaN policy (--on_nan=skip sets it before the step is traced):
+  # apply_gradients then leaves out an update whose loss or gradients are not finite.
+  skip_non_finite_updates = False
 
   # -- construction and settings --------------------------------------------
 
@@ -349,16 +352,17 @@ class BidirectionalModel(keras.Model):
   def apply_gradients(self, optimizer, tape, loss, variables):
     """Gradients of this replica's share of `loss`, applied (summed over replicas).
 
-    With --on_nan=skip an update whose loss or gradients hold a NaN or Inf on
-    any replica is not applied at all (weights, optimizer moments and its
-    update count stay as they were), on every replica alike.
+    With skip_non_finite_updates (the loop's --on_nan=skip) an update whose
+    loss or gradients hold a NaN or Inf on any replica is not applied at all
+    (weights, optimizer moments and its update count stay as they were), on
+    every replica alike.
     """
     scale = tf.constant(1.0 / self.num_replicas, loss.dtype)
     loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
     if loss_scaled:  # the same as differentiating optimizer.scale_loss(loss)
       scale *= tf.cast(optimizer.dynamic_scale, loss.dtype)
     grads = tape.gradient(loss, variables, output_gradients=scale)
-    if self.config.on_nan != "skip":
+    if not self.skip_non_finite_updates:
       optimizer.apply(grads, variables)
       return
     # A loss-scaled optimizer skips (and lowers its scale on) overflowing
