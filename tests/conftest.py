@@ -66,3 +66,67 @@ def digits_run(tmp_path_factory):
                       f"--model_dir={model_dir}")
   assert result.returncode == 0, result.stderr[-5000:]
   return model_dir, result
+
+
+# ------------------------------------------------ parallel runs (pytest-xdist)
+#
+# pytest.ini runs the suite on several worker processes (-n, --dist=loadgroup).
+# Tests that share a module- or session-scoped fixture (a training run, an
+# export, a compiled program) must run on one worker, or each worker would
+# build the fixture again: pytest_collection_modifyitems puts every such test
+# in one xdist group per connected set of shared fixtures (a parametrized
+# fixture gives one group per parameter). Ungrouped tests are scheduled one
+# by one. The work queue follows the collection order, so the groups and
+# tests that take longest go first (LONGEST_FIRST), to overlap with the rest.
+
+# Test modules, longest first (pytest --durations on a 2-core CPU): their
+# tests are scheduled before every other module's.
+LONGEST_FIRST = ("gali_learning_test.py", "evaluate_test.py", "learning_test.py",
+                 "train_test.py", "reliability_test.py", "distributed_test.py",
+                 "build_test.py", "export_test.py", "speed_test.py", "gali_test.py",
+                 "install_test.py", "vae_test.py", "serving_cpp_test.py",
+                 "inference_statistics_test.py", "classifier_test.py")
+
+
+def _shared_fixture_keys(item):
+  """The module- and session-scoped fixtures of this repository that the test uses, and
+  the groups it names itself (a fixture taken with getfixturevalue is invisible here)."""
+  keys = [mark.args[0] for mark in item.iter_markers("xdist_group")]  # named by the test
+  params = getattr(getattr(item, "callspec", None), "params", {})
+  for name in item.fixturenames:
+    definitions = item._fixtureinfo.name2fixturedefs.get(name)  # pylint: disable=protected-access
+    if not definitions:
+      continue
+    definition = definitions[-1]
+    if definition.scope == "function" or not definition.baseid:  # pytest's own have no baseid
+      continue
+    key = name if definition.scope == "session" else f"{item.module.__name__}.{name}"
+    if name in params:
+      key += f"[{params[name]}]"
+    keys.append(key)
+  return keys
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+  del config
+  parent = {}
+
+  def find(key):
+    while parent.setdefault(key, key) != key:
+      key = parent[key]
+    return key
+
+  item_keys = [_shared_fixture_keys(item) for item in items]
+  for keys in item_keys:
+    for key in keys[1:]:
+      parent[find(key)] = find(keys[0])
+  for item, keys in zip(items, item_keys):
+    if keys:
+      item.add_marker(pytest.mark.xdist_group(find(keys[0])))
+
+  def rank(item):
+    name = os.path.basename(str(item.path))
+    return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+  items.sort(key=rank)  # stable: each module keeps its order

@@ -46,7 +46,7 @@ from conftest import read_events, run_module
 GALI_STEPS = 920  # the digits default: 40 epochs of 23 steps
 
 
-@pytest.fixture(scope="module", params=["ali", "gali4"])
+@pytest.fixture(scope="module", params=["gali4", "ali"])
 def gali_run(request, tmp_path_factory):
   model_dir = str(tmp_path_factory.mktemp(f"{request.param}_digits"))
   result = run_module("age_tf.train", f"--method={request.param}", "--dataset=digits",

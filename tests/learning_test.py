@@ -55,7 +55,10 @@ def digits_run_bfloat16(tmp_path_factory):
   return model_dir, result
 
 
-@pytest.fixture(params=["float32", "bfloat16"])
+# Named for the parallel scheduler (conftest.py), which cannot see a fixture
+# taken with getfixturevalue: the float32 tests run where digits_run is.
+@pytest.fixture(params=[pytest.param("float32", marks=pytest.mark.xdist_group("digits_run")),
+                        "bfloat16"])
 def learning_run(request):
   """The float32 digits run (conftest.digits_run) and its bfloat16 twin."""
   run = request.getfixturevalue(

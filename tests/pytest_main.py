@@ -32,7 +32,9 @@ def main(argv):
   import pytest  # pylint: disable=g-import-not-at-top
 
   os.chdir(ROOT)
-  args = [*argv, "-p", "no:cacheprovider"]
+  # Bazel runs each module as its own target, in parallel: one process per
+  # target (pytest.ini's addopts would start pytest-xdist workers).
+  args = [*argv, "-p", "no:cacheprovider", "-o", "addopts=-ra"]
   plugins = []
   shards = int(os.environ.get("TEST_TOTAL_SHARDS", "1"))
   if shards > 1:  # py_test(shard_count = N): this process runs every Nth test
