@@ -102,7 +102,7 @@ def _shared_fixture_keys(item):
       continue
     key = name if definition.scope == "session" else f"{item.module.__name__}.{name}"
     if name in params:
-      key += f"[{params[name]}]"
+      key += f"={params[name]}"  # no brackets: xdist reads "@group" only after the last "]"
     keys.append(key)
   return keys
 
