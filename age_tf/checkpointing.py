@@ -98,8 +98,12 @@ def load_model(model_dir, checkpoint=None):
   model = METHODS[config.method].create(config)
   model.build_optimizers()
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
-  checkpoint = make_checkpoint(model, step)
-  for _ in range(3):
+  retried = False
+  for _ in range(4):
+    # A fresh Checkpoint object per attempt: one that a failed restore bound
+    # (a checkpoint rotated away mid-read by a running trainer) can report its
+    # save counter unmatched on the next.
+    checkpoint = make_checkpoint(model, step)
     try:
       checkpoint.restore(path).assert_existing_objects_matched()
       return config, model, int(step.numpy())
@@ -107,6 +111,9 @@ def load_model(model_dir, checkpoint=None):
       newest = None if checkpoint_given else latest_checkpoint(model_dir)
       if newest and newest != path:  # a training run replaced it meanwhile: take the newest
         path = newest
+        continue
+      if not retried:  # once more, in case a writer was mid-rotation
+        retried = True
         continue
       raise UserError(f"Checkpoint {path} does not restore ({_reason(e)}); it is damaged. "
                       f"Pass --checkpoint=N of another one ({_names(model_dir)}), or rerun "
