@@ -70,6 +70,7 @@ def digits_run(tmp_path_factory):
 
 # Parallel runs (pytest-xdist): the test order and the scheduler that keeps
 # tests sharing a fixture on one worker (tests/parallel.py).
-from parallel import pytest_collection_modifyitems  # pylint: disable=unused-import,g-import-not-at-top,wrong-import-position
-from parallel import pytest_configure_node  # pylint: disable=unused-import,g-import-not-at-top,wrong-import-position
-from parallel import pytest_xdist_make_scheduler  # pylint: disable=unused-import,g-import-not-at-top,wrong-import-position
+# pylint: disable=unused-import,g-import-not-at-top,wrong-import-position
+from parallel import pytest_collection_modifyitems
+from parallel import pytest_configure_node
+from parallel import pytest_xdist_make_scheduler

@@ -76,11 +76,16 @@ def pytest_collection_modifyitems(config, items):
     os.replace(temporary, path)
 
 
+def _groups_path(config):
+  """The groups file, in the controller's base temporary directory."""
+  base = config._tmp_path_factory.getbasetemp()  # pylint: disable=protected-access
+  return os.path.join(str(base), "test_groups.json")
+
+
 @pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
   """xdist controller: each worker's input names the groups file."""
-  node.workerinput[GROUPS_FILE] = os.path.join(
-      str(node.config._tmp_path_factory.getbasetemp()), "test_groups.json")  # pylint: disable=protected-access
+  node.workerinput[GROUPS_FILE] = _groups_path(node.config)
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -94,8 +99,7 @@ def pytest_xdist_make_scheduler(config, log):
 
     def _split_scope(self, nodeid):
       if self.groups is None:  # written by the workers' collection, which is complete here
-        path = os.path.join(str(config._tmp_path_factory.getbasetemp()), "test_groups.json")  # pylint: disable=protected-access
-        with open(path) as f:
+        with open(_groups_path(config)) as f:
           self.groups = json.load(f)
       return self.groups.get(nodeid, nodeid)
 
