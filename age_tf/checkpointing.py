@@ -100,9 +100,8 @@ def load_model(model_dir, checkpoint=None):
   step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step")
   retried = False
   for _ in range(4):
-    # A fresh Checkpoint object per attempt: one that a failed restore bound
-    # (a checkpoint rotated away mid-read by a running trainer) can report its
-    # save counter unmatched on the next.
+    # A fresh Checkpoint object per attempt, so that nothing a failed restore
+    # bound (e.g. a checkpoint a running trainer rotated away mid-read) carries over.
     checkpoint = make_checkpoint(model, step)
     try:
       checkpoint.restore(path).assert_existing_objects_matched()

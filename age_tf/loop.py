@@ -433,10 +433,11 @@ def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_
   and, with on_nan="stop", after the first non-finite step. With
   on_nan="skip" a non-finite step's updates are not applied (the model's
   skip_non_finite_updates, which BidirectionalModel.apply_gradients honours)
-  and the BatchNorm statistics its forward passes changed are restored. nan_at_step >= 1 replaces that step's
-  real images with NaN (the test hook of --debug_nan_at_step). jit_compile
-  compiles each train_step with XLA (one replica: XLA cannot compile a step
-  whose BatchNorm and optimizer reduce across MirroredStrategy replicas).
+  and the BatchNorm statistics its forward passes changed are restored.
+  nan_at_step >= 1 replaces that step's real images with NaN (the test hook
+  of --debug_nan_at_step). jit_compile compiles each train_step with XLA
+  (one replica: XLA cannot compile a step whose BatchNorm and optimizer
+  reduce across MirroredStrategy replicas).
   """
   names = model.metric_names
   skip = on_nan == "skip"
