@@ -225,7 +225,8 @@ class _NetworkPass:
 
 def _moments_fn(probe, input_shape):
   """(count, mean, sum of squared deviations) per channel of the probe's output on a batch."""
-  @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
+  @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)],
+               autograph=False)
   def moments(x):
     h = tf.cast(probe(x, training=False), tf.float32)
     axes = list(range(len(h.shape) - 1))
@@ -288,7 +289,8 @@ class StatisticsPass:
     self.served = Served(model, reconstruction_generator)
     self._encode = tf.function(
         lambda x: model.encode(x, training=False),
-        input_signature=[tf.TensorSpec([None, *model.encoder.inputs[0].shape[1:]], tf.float32)])
+        input_signature=[tf.TensorSpec([None, *model.encoder.inputs[0].shape[1:]], tf.float32)],
+        autograph=False)
 
   def _batches(self, array, to_float=False):
     return [data.to_float(tf.constant(array[i:i + self.batch_size])) if to_float

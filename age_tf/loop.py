@@ -453,6 +453,10 @@ def compile_train_steps(strategy, model, step, stop=None, on_nan="stop", nan_at_
   if jit_compile:
     train_step = tf.function(train_step, jit_compile=True)
 
+  # Autograph converts run_steps' loop and conditions; below them every
+  # branch is Python's, so converting the methods' code would only cost
+  # seconds of tracing per process.
+  @tf.autograph.experimental.do_not_convert
   def replica_step(images):
     if nan_at_step >= 1:
       images = tf.where(step + 1 == nan_at_step, tf.fill(tf.shape(images), float("nan")),
@@ -561,13 +565,13 @@ class _Figures:
     if self.calibration is not None:
       self.statistics_pass = inference_statistics.StatisticsPass(model, settings)
       served = self.statistics_pass.served
-    self._generate = tf.function(lambda z: served.generate(z, training=False))
+    self._generate = tf.function(lambda z: served.generate(z, training=False), autograph=False)
     self._reconstruct = tf.function(lambda x: served.reconstruct(x, training=False),
-                                    reduce_retracing=True)
+                                    reduce_retracing=True, autograph=False)
     self._reconstruct_moving = tf.function(lambda x: model.reconstruct(x, training=False),
-                                           reduce_retracing=True)
+                                           reduce_retracing=True, autograph=False)
     self._reconstruct_training = tf.function(lambda x: model.reconstruct(x, training=True),
-                                             reduce_retracing=True)
+                                             reduce_retracing=True, autograph=False)
 
   def _recon_error(self, reconstruct, batch_size):
     errors = []

@@ -26,7 +26,7 @@ features its 10 coordinates), raw pixels (the SVM on the 1024 pixels) and
 the mean training image (reconstruction error only).
 
 Runs are kept in --work_dir: rerunning skips trained models and reuses
-their train time. Not run in CI. Writes quality.md and quality.json there.
+their train time and evaluations. Not run in CI. Writes quality.md and quality.json there.
 """
 
 import json
@@ -66,6 +66,9 @@ flags.DEFINE_string("work_dir", os.path.join(tempfile.gettempdir(), "age_tf", "q
 flags.DEFINE_integer("svm_repeats", 100, "SVM protocol repeats (the papers' 100).")
 flags.DEFINE_integer("num_fid_samples", 1000, "FID/KID generated samples and real images.")
 flags.DEFINE_integer("classifier_epochs", 10, "Epochs of the digits classifiers.")
+flags.DEFINE_integer("checkpoint_every", 0, "If > 0, every run keeps a checkpoint every this "
+                     "many steps (all of them), so benchmarks/checkpoint_curve.py can show "
+                     "its curve and where it plateaus.")
 FLAGS = flags.FLAGS
 
 # The evaluation protocol for digits (the evaluate defaults, passed explicitly
@@ -114,6 +117,9 @@ def _train(method, steps, seed, pt_classifier):
       return model_dir, json.load(f)["seconds"]
   print(f"training {method} (seed {seed}) for {steps} steps...", flush=True)
   extra = [f"--feature_model={pt_classifier}"] if method == "gali_pt" else []
+  if FLAGS.checkpoint_every > 0:
+    extra += [f"--checkpoint_every={FLAGS.checkpoint_every}",
+              f"--keep_checkpoints={steps // FLAGS.checkpoint_every + 1}"]
   seconds = _run("age_tf.train", f"--method={method}", "--dataset=digits",
                  f"--train_steps={steps}", f"--seed={seed}", f"--model_dir={model_dir}",
                  *extra)
@@ -149,14 +155,18 @@ def _served_reconstruction(model_dir, test_x):
 
 
 def _evaluate(model_dir, classifier, steps, untrained=False):
+  sub = "untrained" if untrained else str(steps)
+  report = os.path.join(model_dir, "eval", sub, "metrics.json")
+  if os.path.exists(report):  # evaluated by an earlier invocation: reuse it
+    with open(report) as f:
+      return json.load(f)["metrics"]
   print(f"evaluating {model_dir}{' (untrained)' if untrained else ''}...", flush=True)
   _run("age_tf.evaluate", f"--model_dir={model_dir}", f"--feature_model={classifier}",
        f"--svm_repeats={FLAGS.svm_repeats}", f"--svm_per_class={SVM_PER_CLASS}",
        f"--svm_validation={SVM_VALIDATION}", f"--svm_grid_size={SVM_GRID}",
        f"--num_fid_samples={FLAGS.num_fid_samples}", "--metrics=recon,fid,kid,svm",
        *(["--untrained"] if untrained else []))
-  sub = "untrained" if untrained else str(steps)
-  with open(os.path.join(model_dir, "eval", sub, "metrics.json")) as f:
+  with open(report) as f:
     return json.load(f)["metrics"]
 
 
