@@ -708,11 +708,11 @@ def test_instance_noise_schedule():
     assert float(model.noise_std()) == pytest.approx(0.2 * (10 - epoch) / 10, abs=1e-7), update
   model.generator_encoder_optimizer.iterations.assign(229)
   assert float(model.noise_std()) == 0.0  # the last epoch has none
-  # The digits default: 40 epochs, 0.1 * 39 / 40 in the first.
+  # The digits default: 87 epochs, 0.1 * 86 / 87 in the first.
   del values["instance_noise"]
   model = METHODS["gali4"].create(config_lib.resolve(dict(values, batch_size=8)))
-  assert model.config.instance_noise == 0.1
-  assert float(model.noise_std()) == pytest.approx(0.1 * 39 / 40)
+  assert model.config.instance_noise == 0.1 and model.config.epochs == 87
+  assert float(model.noise_std()) == pytest.approx(0.1 * 86 / 87)
 
 
 def test_instance_noise_is_its_own_draw_for_every_class_and_image():
