@@ -655,16 +655,16 @@ def test_objective_variants(objective):
 @pytest.mark.parametrize("method", ["ali", "gali8"])
 def test_five_to_one_updates(method):
   """d_steps=5: five D updates, each on its own batch with E and G fixed, from the weights
-  the previous one left; then one E-G update on the sixth batch. Mid-run (epoch 3 of 40)
-  so the noise is that epoch's."""
+  the previous one left; then one E-G update on the sixth batch. Mid-run (epoch 3 of the
+  digits default 87) so the noise is that epoch's."""
   model, log = ali_model(method, d_steps=5, simultaneous_updates=False)
   cfg = model.config
   assert model.batches_per_step == 6
   done = 2 * cfg.steps_per_epoch + 5  # generator-encoder updates so far: epoch 3
   model.generator_encoder_optimizer.iterations.assign(done)
   noise_std = spec_noise_std(cfg, done)
-  assert cfg.train_steps == 40 * cfg.steps_per_epoch
-  assert noise_std == pytest.approx(cfg.instance_noise * (40 - 3) / 40)
+  assert cfg.train_steps == 87 * cfg.steps_per_epoch
+  assert noise_std == pytest.approx(cfg.instance_noise * (87 - 3) / 87)
   images = real_batches(6)
   step = run_step(model, log, images, step=done)
   assert [u.optimizer for u in step.updates] == (
