@@ -26,7 +26,8 @@ features its 10 coordinates), raw pixels (the SVM on the 1024 pixels) and
 the mean training image (reconstruction error only).
 
 Runs are kept in --work_dir: rerunning skips trained models and reuses
-their train time and evaluations. Not run in CI. Writes quality.md and quality.json there.
+their train time and evaluations (use a new --work_dir when the evaluation
+settings change). Not run in CI. Writes quality.md and quality.json there.
 """
 
 import json

@@ -49,7 +49,8 @@ def test_generator_step_updates_only_the_generator():
 def test_train_step_is_one_encoder_and_two_generator_updates(generator_x_recon_weight, batches):
   model = make_model(generator_x_recon_weight=generator_x_recon_weight)
   assert model.batches_per_step == batches
-  metrics = tf.function(model.train_step, autograph=False)(tf.stack([images(seed=i) for i in range(batches)]))
+  batch = tf.stack([images(seed=i) for i in range(batches)])
+  metrics = tf.function(model.train_step, autograph=False)(batch)
   assert set(metrics) == set(model.metric_names)
   assert ("generator/x_recon" in metrics) == bool(generator_x_recon_weight)
   assert int(model.encoder_optimizer.iterations) == 1
