@@ -545,6 +545,40 @@ def _summaries(eval_root, step, report, drawn):
 # ---------------------------------------------------------------- evaluate
 
 
+def _keep_earlier_metrics(report, path):
+  """Keeps in `report` what an earlier metrics.json at `path` computed and this one did not.
+
+  Only when that report served the same model: the same checkpoint (by
+  name: a copied run keeps its results) and the same BatchNorm statistics.
+  So `--metrics=inpaint` after a full evaluation adds inpainting and loses
+  nothing; the units kept are listed under "kept_from_earlier".
+  """
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      earlier = json.load(f)
+  except (OSError, ValueError):
+    return  # unreadable: this evaluation replaces it
+
+  def served(r):
+    name = os.path.basename(r.get("checkpoint") or "")
+    statistics = {k: v for k, v in (r.get("bn_statistics") or {}).items() if k != "seconds"}
+    return name, r.get("untrained"), statistics
+  if served(earlier) != served(report):
+    return
+  kept = sorted(set(earlier.get("settings", {})) - set(report["settings"]))
+  if not kept:
+    return
+  for name in kept:
+    report["settings"][name] = earlier["settings"][name]
+  for key, value in earlier.get("metrics", {}).items():
+    report["metrics"].setdefault(key, value)
+  for key, value in earlier.items():  # sections such as "svm" and "feature_model"
+    report.setdefault(key, value)
+  report["kept_from_earlier"] = kept
+
+
 def evaluate(model_dir, settings=None):
   """Evaluates the run in model_dir under EvalSettings (default: evaluate's flag defaults).
 
@@ -609,6 +643,7 @@ def evaluate(model_dir, settings=None):
   report["seconds"]["figures"] = time.perf_counter() - t
   report["seconds"]["total"] = time.perf_counter() - began
   _summaries(eval_root, step or 0, report, drawn)
+  _keep_earlier_metrics(report, os.path.join(out_dir, METRICS_FILE))
   files.atomic_write(os.path.join(out_dir, METRICS_FILE),
                      json.dumps(report, indent=2, sort_keys=True, default=_json) + "\n")
   return report, out_dir

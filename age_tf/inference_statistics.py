@@ -13,9 +13,11 @@ encodings and its samples g(z) under those of prior draws.
 population statistics of what it is fed, from a statistics-only pass
 (`StatisticsPass`) over --bn_statistics_images calibration inputs:
 
-* encoder (encode, reconstruct): real training images;
+* encoder (encode, reconstruct): real training images as training feeds
+  them to the encoder (the method's `encoder_training_inputs`: an encoder
+  trained only on masked images is served the statistics of masked images);
 * generator (generate, sample): prior draws;
-* reconstruct's generator: the encodings e(x) of the same real images. It is
+* reconstruct's generator: the encodings of the same encoder inputs. It is
   the generator's graph with the same layers (weights shared, nothing
   copied) except each BatchNorm, replaced by a `SharedBatchNormalization`
   holding its own statistics and the original's gamma and beta.
@@ -228,11 +230,13 @@ def _moments_fn(probe, input_shape):
   @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)],
                autograph=False)
   def moments(x):
-    h = tf.cast(probe(x, training=False), tf.float32)
+    # float64 sums: in float32 a batch of 128 at 16x16 (32,768 values a channel) put
+    # the mean 2e-4 of the channel's std off.
+    h = tf.cast(probe(x, training=False), tf.float64)
     axes = list(range(len(h.shape) - 1))
     mean = tf.reduce_mean(h, axes)
     m2 = tf.reduce_sum(tf.square(h - mean), axes)
-    count = tf.cast(tf.reduce_prod(tf.shape(h)[:-1]), tf.float32)
+    count = tf.cast(tf.reduce_prod(tf.shape(h)[:-1]), tf.float64)
     return count, mean, m2
   return moments
 
@@ -292,20 +296,20 @@ class StatisticsPass:
         input_signature=[tf.TensorSpec([None, *model.encoder.inputs[0].shape[1:]], tf.float32)],
         autograph=False)
 
-  def _batches(self, array, to_float=False):
-    return [data.to_float(tf.constant(array[i:i + self.batch_size])) if to_float
-            else tf.constant(array[i:i + self.batch_size])
+  def _batches(self, array):
+    return [tf.constant(array[i:i + self.batch_size])
             for i in range(0, len(array), self.batch_size)]
 
-  def _encodings(self, images):
-    return np.concatenate([np.asarray(self._encode(batch))
-                           for batch in self._batches(images, to_float=True)])
+  def _encodings(self, inputs):
+    return np.concatenate([np.asarray(self._encode(batch)) for batch in self._batches(inputs)])
 
   def run(self, calibration):
     """Recomputes every served statistic; returns what it used (for metadata and reports)."""
-    images, count = calibration.images, len(calibration.images)
-    self.encoder.recompute(self._batches(images, to_float=True))
-    info = {"mode": self.settings.mode, "encoder_images": count, "seed": self.settings.seed}
+    images = encoder_inputs(self.model, calibration, self.settings.seed)
+    count = len(images)
+    self.encoder.recompute(self._batches(images))
+    info = {"mode": self.settings.mode, "encoder_images": count, "seed": self.settings.seed,
+            "encoder_inputs": self.model.encoder_training_inputs_note}
     if self.settings.mode == "recompute":
       self.generator.recompute(self._batches(calibration.prior))
       self.reconstruction.recompute(self._batches(self._encodings(images)))
@@ -364,6 +368,28 @@ def calibration_data(spec, count, latent_dim, prior, seed, data_dir=None, downlo
   rng = np.random.default_rng([seed, 2026, 2])
   prior_draws = prior_lib.numpy_draws(rng, len(images), latent_dim, prior)
   return Calibration(images=images, prior=prior_draws)
+
+
+class _Uniform:
+  """uniform(shape) draws from a seeded numpy generator: no TensorFlow state, so the same
+  under any strategy and in any context."""
+
+  def __init__(self, seed):
+    self._rng = np.random.default_rng([seed, 2026, 3])
+
+  def uniform(self, shape):
+    return tf.constant(self._rng.random(shape), tf.float32)
+
+
+def encoder_inputs(model, calibration, seed):
+  """The calibration images, float in [-1, 1], as training feeds them to model's encoder
+  (model.encoder_training_inputs, which may mask them), fixed by the seed."""
+  rng = _Uniform(seed)
+  images = calibration.images
+  return np.concatenate([
+      np.asarray(model.encoder_training_inputs(data.to_float(tf.constant(
+          images[i:i + PASS_BATCH_SIZE])), rng))
+      for i in range(0, len(images), PASS_BATCH_SIZE)]).astype(np.float32)
 
 
 def calibration_for(config, settings, spec=None):

@@ -181,6 +181,34 @@ def test_one_metric_runs_its_unit_alone_with_the_settings_given(digits_run, tmp_
   assert written["metrics"]["svm/error"] == pytest.approx(report["metrics"]["svm/error"])
 
 
+def test_a_later_evaluation_of_other_metrics_keeps_the_earlier_ones(evaluated, tmp_path):
+  """--metrics=svm over a full evaluation of the same checkpoint replaces svm and keeps the other
+  units' metrics and settings; served with other BatchNorm statistics, nothing is kept."""
+  model_dir = str(tmp_path / "run")
+  shutil.copytree(evaluated[0], model_dir)
+  path = os.path.join(model_dir, "eval", str(LEARNING_STEPS), "metrics.json")
+  with open(path) as f:
+    full = json.load(f)
+  assert full["settings"]["svm"]["repeats"] == 3 and "kept_from_earlier" not in full
+  evaluate.evaluate(model_dir, evaluate.EvalSettings(metrics=("svm",), svm_repeats=2))
+  with open(path) as f:
+    merged = json.load(f)
+  assert merged["kept_from_earlier"] == ["fid_kid", "inpaint", "recon"]
+  assert merged["metrics_computed"] == ["svm"] and merged["settings"]["svm"]["repeats"] == 2
+  assert len(merged["svm"]["errors"]) == 2
+  for unit in ("fid_kid", "inpaint", "recon"):
+    assert merged["settings"][unit] == full["settings"][unit]
+  for key in ("fid", "kid", "inpaint/pixel_mse", "recon/pixel_mse", "recon/feature_mse"):
+    assert merged["metrics"][key] == full["metrics"][key]
+  assert merged["feature_model"] == full["feature_model"]
+  evaluate.evaluate(model_dir, evaluate.EvalSettings(metrics=("svm",), svm_repeats=2,
+                                                     bn_statistics="moving"))
+  with open(path) as f:
+    other = json.load(f)
+  assert "kept_from_earlier" not in other and set(other["settings"]) == {"svm"}
+  assert "fid" not in other["metrics"]
+
+
 def test_settings_from_flags_defaults_and_given_flags():
   flag_values = copy.deepcopy(flags.FLAGS)
   flag_values(["evaluate"])

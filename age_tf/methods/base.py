@@ -346,6 +346,18 @@ class BidirectionalModel(keras.Model):
   def reconstruct(self, images, training=False):
     return self.generate(self.encode(images, training), training)
 
+  # What encoder_training_inputs gives, in words (the served statistics' description).
+  encoder_training_inputs_note = "training images"
+
+  def encoder_training_inputs(self, images, rng):
+    """`images` as training feeds them to the encoder (rng: any draws, with .uniform(shape)).
+
+    The served BatchNorm statistics of the encoder are those of these inputs
+    (inference_statistics), so they match what it was trained on.
+    """
+    del rng
+    return images
+
   def call(self, images, training=False):
     return self.reconstruct(images, training)
 

@@ -545,6 +545,14 @@ class GALIMix(AdversarialInference):
     return masks_lib.sample(self.random, batch_size, cfg.image_size, cfg.mask_max_size,
                             cfg.mask_sampler)
 
+  encoder_training_inputs_note = "training images, masked as in training (--mask_*)"
+
+  def encoder_training_inputs(self, images, rng):
+    cfg = self.config
+    masks = masks_lib.sample(rng, int(images.shape[0]), cfg.image_size, cfg.mask_max_size,
+                             cfg.mask_sampler)
+    return masks_lib.apply(images, masks, cfg.mask_fill)
+
   def masked_codes(self, images):
     masks = self.masks(tf.shape(images)[0])
     return self.sample_codes(masks_lib.apply(images, masks, self.config.mask_fill)), masks
