@@ -540,18 +540,16 @@ class GALIMix(AdversarialInference):
       raise UserError(f"--mask_max_size={values['mask_max_size']} must be in 1.."
                       f"{values['image_size']} (the image size).")
 
-  def masks(self, batch_size):
+  def masks(self, batch_size, rng=None):
+    """The training masks (rng: the step's draws unless given)."""
     cfg = self.config
-    return masks_lib.sample(self.random, batch_size, cfg.image_size, cfg.mask_max_size,
+    return masks_lib.sample(rng or self.random, batch_size, cfg.image_size, cfg.mask_max_size,
                             cfg.mask_sampler)
 
   encoder_training_inputs_note = "training images, masked as in training (--mask_*)"
 
   def encoder_training_inputs(self, images, rng):
-    cfg = self.config
-    masks = masks_lib.sample(rng, int(images.shape[0]), cfg.image_size, cfg.mask_max_size,
-                             cfg.mask_sampler)
-    return masks_lib.apply(images, masks, cfg.mask_fill)
+    return masks_lib.apply(images, self.masks(int(images.shape[0]), rng), self.config.mask_fill)
 
   def masked_codes(self, images):
     masks = self.masks(tf.shape(images)[0])
