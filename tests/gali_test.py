@@ -383,7 +383,7 @@ def test_encode_is_the_mean_and_sampling_is_stochastic():
 def test_training_resumes_discriminator_and_both_optimizers(tmp_path):
   values = dict(method="gali4", dataset="digits", width=4, latent_dim=8, batch_size=16,
                 log_every=2, image_every=4, checkpoint_every=2, steps_per_loop=2,
-                model_dir=str(tmp_path))
+                bn_statistics_images=128, model_dir=str(tmp_path))
   loop.train(config_lib.resolve(dict(values, train_steps=2)))
   _, first, step = checkpointing.load_model(str(tmp_path))
   assert step == 2

@@ -16,8 +16,10 @@ from age_tf.methods import AGE
 
 from conftest import LEARNING_STEPS, read_events
 
+# Figures' served statistics from 128 images: the statistics pass is under test
+# in inference_statistics_test, not here.
 SMALL = dict(dataset="digits", width=8, latent_dim=6, batch_size=16, log_every=2, image_every=4,
-             checkpoint_every=2, steps_per_loop=2)
+             checkpoint_every=2, steps_per_loop=2, bn_statistics_images=128)
 
 
 def small_config(model_dir, **overrides):
