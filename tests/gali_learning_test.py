@@ -5,8 +5,8 @@ digits defaults but for the batch and the budget, which the test sets
 itself (the family's digits default is batch 64 for 87 epochs): batch 32,
 920 steps for GALI-4 and 600 for ALI (about 5 and 1.5 minutes of one core).
 The instance noise decays over the run's own length. At batch 32 and 920
-steps, GALI-4 (seeds 1-3) reconstructed at 0.34, 0.34 and 0.36 x the
-untrained model's error (required: below 0.6); at 600 steps at 0.44, 0.52
+steps, GALI-4 (seeds 1, 2, 3 and 123) reconstructed at 0.34, 0.34, 0.36
+and 0.28 x the untrained model's error (required: below 0.6); at 600 steps at 0.44, 0.52
 and 0.62, too little room. ALI at batch 32 and 600 steps (seeds 1-3):
 0.40, 0.51 and 0.47 x the untrained model's error (required: below 1),
 discriminator accuracy over the second half 0.80, 0.80 and 0.87 (at least
@@ -22,10 +22,15 @@ and failed to hold with room at 460. Thresholds, on the 300 test images in
   weakness that GALI's extra classes address; see the README's digits
   section), and a sharp wrong digit scores about 0.10 (a CI run at batch 64
   once scored 0.106, with 0.101 to another image).
-* The test also prints the MSE to another test image (a shuffled pairing).
-  At these budgets it is not asserted (GALI-4 at batch 32: 0.049 against
-  0.081); docs/quality.md follows the family to 2,000 steps, where GALI-4's
-  own error is under half the shuffled one.
+* GALI-4 must also reconstruct each image's own digit: its error to its
+  own image under 0.8 x its error to another test image (a shuffled
+  pairing). At batch 32 and 920 steps seeds 1, 2, 3 and 123 (the default)
+  read 0.60, 0.62, 0.63 and 0.49 x; with the generator-encoder objective's
+  sign flipped, 0.998 x (0.0834 against 0.0836), which the bar against the
+  untrained model alone lets through (0.0834 < 0.0856). ALI's ratio is
+  printed, not asserted (0.80-0.92 x at 600 steps): its codes need not
+  carry the digit at this budget. docs/quality.md follows the family to
+  2,000 steps.
 * The discriminator is in play: its mean accuracy (TensorBoard events) over
   the second half of training is at least 1/K + 0.05, and over the last
   quarter at most 0.95 (not certain). GALI-4 (K = 4) read 0.47-0.52 over
@@ -81,6 +86,8 @@ def test_reconstructions_are_of_their_own_inputs(gali_run):
         f"untrained {untrained_own:.4f}")
   assert untrained_own > 0.1
   assert own < (0.6 if config.method == "gali4" else 1.0) * untrained_own
+  if config.method == "gali4":
+    assert own < 0.8 * shuffled
 
 
 def test_discriminator_is_neither_at_chance_nor_certain(gali_run):
