@@ -11,7 +11,8 @@ Report, per test module and for the slowest tests:
 
 Each row is one phase (setup, call, teardown) of one test: the worker's own
 CPU seconds, those of the child processes it waited for (the commands a test
-starts; `getrusage` RUSAGE_CHILDREN), and the wall time. A daemon the test
+starts; `getrusage` RUSAGE_CHILDREN, and what tests/forkserver.py reports for
+the commands it forks), and the wall time. A daemon the test
 does not wait for (Bazel's server) is not counted in CPU, only in wall time.
 """
 
@@ -29,7 +30,11 @@ DIR_VARIABLE = "AGE_TF_SUITE_CPU_DIR"
 def _cpu_seconds():
   own = resource.getrusage(resource.RUSAGE_SELF)
   children = resource.getrusage(resource.RUSAGE_CHILDREN)
-  return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+  # The commands tests/forkserver.py forks are its server's children, not
+  # the worker's: the server reports each one's CPU when it ends.
+  forkserver = sys.modules.get("forkserver")
+  forked = forkserver.ended_commands_cpu() if forkserver else 0.0
+  return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime + forked
 
 
 def _record(item, phase, began_cpu, began_wall):

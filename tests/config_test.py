@@ -190,7 +190,10 @@ def test_bad_values_are_refused_with_a_clear_message(values, message):
 
 
 def test_cli_refuses_unknown_method_with_one_line_and_no_traceback(tmp_path):
-  result = run_module("age_tf.train", "--method=wgan", f"--model_dir={tmp_path}", timeout=120)
+  # In a new interpreter (the suite's other commands are forks of one that
+  # has imported TensorFlow): `python -m age_tf.train` from nothing imported.
+  result = run_module("age_tf.train", "--method=wgan", f"--model_dir={tmp_path}", timeout=120,
+                      fresh=True)
   assert result.returncode == 2
   assert ("error: Unknown --method='wgan'; valid methods: age, ali, bigan, alice, gali4, gali8, "
           "gali_pt, gali_mix, vae." in result.stderr)

@@ -8,10 +8,13 @@ import numpy as np
 import pytest
 from tensorboard.backend.event_processing import event_accumulator
 
+import forkserver
+
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One intra-op thread per TensorFlow process (this one and the commands the
-# tests start): the suite runs one worker per core (pytest.ini), and two
-# processes each running two intra-op threads on two cores spend a sixth of
+# tests start): the suite keeps every core busy (a worker per core and one
+# more, tests/parallel.py), and two processes each running two intra-op
+# threads on two cores spend a sixth of
 # their CPU time waiting on each other's threads (benchmarks/README.md, the
 # test suite). Sums then run in another order, so a long run's trajectory is
 # not the one it takes with more threads; the learning bars hold for both.
@@ -20,11 +23,37 @@ os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def run_module(module, *args, timeout=1800, env=None):
-  """Runs `python -m module args` from the repository root; returns the CompletedProcess."""
-  full_env = dict(os.environ, PYTHONPATH=ROOT, **(env or {}))
-  return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=full_env,
-                        capture_output=True, text=True, timeout=timeout)
+# The commands the tests run start as forks of a Python that has imported
+# TensorFlow (tests/forkserver.py): as `python -m` runs them, without the
+# 5 CPU-seconds of imports each.
+COMMANDS = forkserver.Server(ROOT)
+
+
+def command_env(env=None):
+  """The environment of the commands the tests start: this one, with the repository on the path."""
+  python_path = os.pathsep.join(p for p in (ROOT, os.environ.get("PYTHONPATH")) if p)
+  return {**os.environ, "PYTHONPATH": python_path, **(env or {})}
+
+
+def run_module(module, *args, timeout=1800, env=None, fresh=False):
+  """Runs `python -m module args` from the repository root; returns the CompletedProcess.
+
+  fresh: in a new interpreter instead of a fork of the tests' fork server.
+  """
+  if fresh:
+    return subprocess.run([sys.executable, "-m", module, *args], cwd=ROOT, env=command_env(env),
+                          capture_output=True, text=True, timeout=timeout)
+  return COMMANDS.run("-m", module, args, command_env(env), ROOT, timeout=timeout)
+
+
+def run_code(code, *args, timeout=1800, env=None):
+  """Runs `python -c code args` from the repository root; returns the CompletedProcess."""
+  return COMMANDS.run("-c", code, args, command_env(env), ROOT, timeout=timeout)
+
+
+def start_module(module, *args, env=None, niceness=0):
+  """Starts `python -m module args` from the repository root; returns a Popen-like Process."""
+  return COMMANDS.start("-m", module, args, command_env(env), ROOT, niceness=niceness)
 
 
 def snapshot(variables):
@@ -85,4 +114,5 @@ def digits_run(tmp_path_factory):
 # pylint: disable=unused-import,g-import-not-at-top,wrong-import-position
 from parallel import pytest_collection_modifyitems
 from parallel import pytest_configure_node
+from parallel import pytest_xdist_auto_num_workers
 from parallel import pytest_xdist_make_scheduler

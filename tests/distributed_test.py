@@ -1,6 +1,6 @@
 """Replicated training computes what one device does: 2 logical CPU replicas, and 2 workers.
 
-Each check runs in a fresh process: logical devices must be configured
+Each check runs in a process of its own: logical devices must be configured
 before TensorFlow starts, and a process can hold only one MirroredStrategy.
 """
 
@@ -8,13 +8,11 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import time
 
 import tensorflow as tf
 
-from conftest import ROOT, STEADY_ADAM, run_module
+from conftest import STEADY_ADAM, run_code, run_module, start_module
 
 ESTIMATOR_CHECK = r"""
 import json
@@ -174,9 +172,7 @@ print("RESULT" + json.dumps(dict(diff=diff, scale=scale,
 
 
 def test_served_statistics_on_two_replicas_are_one_device_s_and_leave_training_s():
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", STATISTICS_CHECK], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = run_code(STATISTICS_CHECK, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.split("RESULT", 1)[1])
   print(result)
@@ -186,9 +182,7 @@ def test_served_statistics_on_two_replicas_are_one_device_s_and_leave_training_s
 
 
 def test_a_replicated_step_computes_what_one_device_does():
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", STEP_CHECK], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=600)
+  out = run_code(STEP_CHECK, timeout=600)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.split("RESULT", 1)[1])
   print(result)
@@ -205,9 +199,7 @@ def test_a_replicated_step_computes_what_one_device_does():
 
 
 def test_estimators_use_the_global_batch_across_replicas():
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  out = subprocess.run([sys.executable, "-c", ESTIMATOR_CHECK], cwd=ROOT, env=env,
-                       capture_output=True, text=True, timeout=300)
+  out = run_code(ESTIMATOR_CHECK, timeout=300)
   assert out.returncode == 0, out.stderr[-3000:]
   result = json.loads(out.stdout.split("RESULT", 1)[1])
   for name, r in result.items():
@@ -256,28 +248,24 @@ def test_two_workers_train_in_sync_and_only_the_chief_writes(tmp_path):
   processes = []
   for index in range(2):
     tf_config = {"cluster": {"worker": workers}, "task": {"type": "worker", "index": index}}
-    env = dict(os.environ, PYTHONPATH=ROOT, TF_CONFIG=json.dumps(tf_config))
-    log = open(tmp_path / f"worker{index}.log", "w+")
-    processes.append((subprocess.Popen(
-        [sys.executable, "-m", "age_tf.train", "--strategy=multi_worker", "--dataset=digits",
-         "--width=4", "--batch_size=16", "--train_steps=4", "--log_every=2",
-         "--checkpoint_every=2", f"--model_dir={model_dir}"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT), log))
+    processes.append(start_module(
+        "age_tf.train", "--strategy=multi_worker", "--dataset=digits", "--width=4",
+        "--batch_size=16", "--train_steps=4", "--log_every=2", "--checkpoint_every=2",
+        f"--model_dir={model_dir}", env={"TF_CONFIG": json.dumps(tf_config)}))
   try:
     # A worker whose peer died waits forever: bound the wait, then kill both.
     deadline = time.monotonic() + 480
-    for process, _ in processes:
+    for process in processes:
       process.wait(timeout=max(deadline - time.monotonic(), 1))
   finally:
-    for process, _ in processes:
+    for process in processes:
       if process.poll() is None:
         process.kill()
         process.wait()
   logs = []
-  for process, log in processes:
-    log.seek(0)
-    logs.append(log.read())
-    log.close()
+  for process in processes:
+    _, stderr = process.communicate()
+    logs.append(stderr)
     assert process.returncode == 0, logs[-1][-3000:]
   fingerprints = [re.search(r"weights fingerprint (\S+)", text).group(1) for text in logs]
   print(fingerprints)

@@ -2,7 +2,7 @@
 
 Fast (no training): the markdown is parsed with regular expressions, and the
 flags of each `python -m age_tf.<module>` named in the docs are read from
-absl's FLAGS in one subprocess per module (a module's flags cannot share a
+absl's FLAGS in one process per module (a module's flags cannot share a
 process with another's: several define the same names).
 
 * Every relative link in README.md, docs/*.md, benchmarks/README.md and
@@ -20,10 +20,10 @@ import glob
 import json
 import os
 import re
-import subprocess
-import sys
 
 import pytest
+
+from conftest import run_code
 
 # The source tree, also under Bazel (runfiles are symlinks into it).
 ROOT = os.path.dirname(os.path.dirname(os.path.realpath(__file__)))
@@ -178,12 +178,8 @@ print(json.dumps(sorted(names)))
 
 
 def module_flags(module):
-  """The flag names `python -m age_tf.<module>` accepts, from a fresh process."""
-  env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-      [ROOT] + ([os.environ["PYTHONPATH"]] if os.environ.get("PYTHONPATH") else [])),
-             TF_CPP_MIN_LOG_LEVEL="3", CUDA_VISIBLE_DEVICES="")
-  result = subprocess.run([sys.executable, "-c", _LIST_FLAGS, f"age_tf.{module}"], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=300)
+  """The flag names `python -m age_tf.<module>` accepts, from a process of its own."""
+  result = run_code(_LIST_FLAGS, f"age_tf.{module}", timeout=300)
   if result.returncode:
     return None, result.stderr[-2000:]
   return set(json.loads(result.stdout.strip().splitlines()[-1])), None

@@ -38,7 +38,7 @@ from age_tf import inference_statistics
 from age_tf import train
 from age_tf.errors import UserError
 
-from conftest import ROOT
+from conftest import ROOT, start_module
 
 SAVED_MODEL_CLI = os.path.join(os.path.dirname(sys.executable), "saved_model_cli")
 CLIENT_PATH = os.path.join(ROOT, "export", "client.py")
@@ -96,10 +96,8 @@ def runs(tmp_path_factory):
   TensorFlow start.
   """
   base = tmp_path_factory.mktemp("export_runs")
-  age = subprocess.Popen(
-      [sys.executable, "-m", "age_tf.train", "--method=age", f"--train_steps={STEPS['age']}",
-       f"--model_dir={base / 'age'}", *SHORT], cwd=ROOT, env=dict(os.environ, PYTHONPATH=ROOT),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  age = start_module("age_tf.train", "--method=age", f"--train_steps={STEPS['age']}",
+                     f"--model_dir={base / 'age'}", *SHORT)
   try:
     flags.FLAGS(["export_test", "--method=gali4", f"--train_steps={STEPS['gali4']}",
                  f"--model_dir={base / 'gali4'}", *SHORT, "--noexport"])
@@ -278,13 +276,12 @@ def processes(expected, tmp_path_factory):
                "--signature_def", "generate", "--inputs",
                f"codes={age['signatures']['generate']['input'][1]}",
                "--outdir", str(directory / "cli_outputs")], directory, None),
-      "no_checkpoint": ([sys.executable, "-m", "age_tf.export", f"--model_dir={empty}",
-                         f"--export_dir={empty / 'serving'}"], ROOT,
-                        dict(os.environ, PYTHONPATH=ROOT)),
   }
   running = {name: subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE,
                                     stderr=subprocess.PIPE, text=True)
              for name, (command, cwd, env) in commands.items()}
+  running["no_checkpoint"] = start_module("age_tf.export", f"--model_dir={empty}",
+                                          f"--export_dir={empty / 'serving'}")
   results = {}
   for name, process in running.items():
     stdout, stderr = process.communicate(timeout=600)

@@ -83,6 +83,18 @@ def _groups_path(config):
 
 
 @pytest.hookimpl(optionalhook=True)
+def pytest_xdist_auto_num_workers(config):
+  """-n auto: one worker more than the cores (pytest.ini caps it at 4).
+
+  A part of the suite's time is spent waiting rather than computing (Bazel's
+  server, a training process killed at a random moment, two workers of a
+  cluster meeting): a third worker on two cores fills it.
+  """
+  del config
+  return (os.cpu_count() or 1) + 1
+
+
+@pytest.hookimpl(optionalhook=True)
 def pytest_configure_node(node):
   """xdist controller: each worker's input names the groups file."""
   node.workerinput[GROUPS_FILE] = _groups_path(node.config)

@@ -7,7 +7,6 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 import tensorflow as tf
 from PIL import Image
 
-from conftest import ROOT, read_events, run_module
+from conftest import read_events, run_module, start_module
 
 from age_tf import checkpointing
 
@@ -30,11 +29,8 @@ def train(model_dir, *args, timeout=600):
 
 
 def start_training(model_dir, *args, niceness=0):
-  env = dict(os.environ, PYTHONPATH=ROOT)
-  return subprocess.Popen([sys.executable, "-m", "age_tf.train", *SMALL,
-                           f"--model_dir={model_dir}", *args], cwd=ROOT, env=env,
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                          preexec_fn=(lambda: os.nice(niceness)) if niceness else None)
+  return start_module("age_tf.train", *SMALL, f"--model_dir={model_dir}", *args,
+                      niceness=niceness)
 
 
 def wait_for(predicate, process, timeout=300, poll=0.05):
