@@ -28,9 +28,11 @@ after the first; the first epoch also reads and decodes the files, which
 this does not time), and the cell says "mock".
 
 FLOPs per step are counted from the graph of one training step at the global
-batch (the TensorFlow profiler's per-op statistics: Conv2D, its two backprop
-ops, MatMul, and a few elementwise ops with small counts), so GFLOP/s is
-essentially the rate of the convolution and matmul work. Only ops that run
+batch (the TensorFlow profiler's per-op statistics for Conv2D, MatMul and a
+few elementwise ops with small counts; the two backprop ops of Conv2D
+counted exactly, as the work of their forward convolution: see
+conv_backprop_flops), so GFLOP/s is essentially the rate of the
+convolution and matmul work. Only ops that run
 are counted: those the step's outputs and variable updates depend on
 (gradient functions also build filter gradients of networks a loss only
 differentiates through, which TensorFlow prunes). They are counted on the
@@ -171,13 +173,41 @@ def flops_per_step(config):
   sinks += [tensor.op.name for tensor in graph.outputs]
   runs = {node.name for node in tf.compat.v1.graph_util.extract_sub_graph(graph_def, sinks).node}
   total = 0
-  for op in graph.get_operations():  # the profiler's per-op counts (ops.RegisterStatistics)
-    if op.name in runs:
-      try:
-        total += tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
-      except ValueError:  # an op whose shapes are not all known: not counted
-        pass
+  for op in graph.get_operations():
+    if op.name not in runs:
+      continue
+    if op.type in CONV_BACKPROP_OPS:
+      total += conv_backprop_flops(op)
+      continue
+    try:  # the profiler's per-op counts (ops.RegisterStatistics)
+      total += tf_ops.get_stats_for_node_def(graph, op.node_def, "flops").value or 0
+    except ValueError:  # an op whose shapes are not all known: not counted
+      pass
   return total
+
+
+CONV_BACKPROP_OPS = ("Conv2DBackpropInput", "Conv2DBackpropFilter")
+
+
+def conv_backprop_flops(op):
+  """2 x the multiply-adds of a convolution's input or filter gradient (NHWC, no dilation).
+
+  Each is as much work as the forward convolution whose output gradient it
+  takes (input 2 of both ops): its output pixels x kernel height x width x
+  input channels x output channels. (A transposed convolution runs as
+  Conv2DBackpropInput and is counted the same way.) The profiler's own
+  statistics for these two ops count every pixel of the forward
+  convolution's *input* divided by the stride, which is exact only for
+  'same' padding: they counted a 4x4 'valid' convolution to 1x1, as in the
+  last layer of the ALI encoder and D(x), 16 times over.
+  """
+  if op.get_attr("data_format") not in (b"NHWC", "NHWC"):
+    raise ValueError(f"{op.name}: only NHWC convolutions are counted")
+  output_gradient = op.inputs[2].shape
+  kernel = op.inputs[1].shape if op.type == "Conv2DBackpropInput" else op.outputs[0].shape
+  if not (output_gradient[:3].is_fully_defined() and kernel.is_fully_defined()):
+    return 0
+  return 2 * output_gradient[:3].num_elements() * kernel.num_elements()
 
 
 def _median_seconds(fn, *args, repeats=5):

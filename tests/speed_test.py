@@ -1,5 +1,7 @@
 """Speed options (default strategy, XLA, mixed precision, sub-pixel convolutions) change no results."""
 
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -13,7 +15,7 @@ from age_tf.methods import METHODS
 from age_tf.methods import base
 from age_tf.networks import batch_norm
 
-from conftest import STEADY_ADAM, read_events
+from conftest import ROOT, STEADY_ADAM, read_events
 
 SMALL = dict(dataset="digits", width=4, batch_size=16, train_steps=10, model_dir="/tmp/unused")
 
@@ -219,3 +221,33 @@ def test_training_runs_with_xla_and_bfloat16(tmp_path):
   assert all(np.isfinite(tf.make_ndarray(e.tensor_proto)) for e in losses)
   restored, _, step = checkpointing.load_model(str(tmp_path))
   assert step == 4 and restored.mixed_precision == "bfloat16" and restored.jit_compile
+
+
+def test_the_flop_count_of_convolution_gradients_is_their_forward_convolution_s():
+  """benchmarks/throughput.py counts each backprop op as 2 x its forward convolution's multiply-adds."""
+  import importlib.util  # pylint: disable=g-import-not-at-top
+  spec = importlib.util.spec_from_file_location(
+      "throughput", os.path.join(ROOT, "benchmarks", "throughput.py"))
+  throughput = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(throughput)
+  # (input size, kernel, stride): an ALI 'valid' layer, its last (kernel as
+  # large as the map), and a 'same' DCGAN one.
+  for size, kernel, stride, padding in ((13, 4, 1, "VALID"), (4, 4, 1, "VALID"),
+                                        (10, 4, 2, "VALID"), (16, 4, 2, "SAME")):
+    x = tf.TensorSpec([3, size, size, 5])
+    w = tf.TensorSpec([kernel, kernel, 5, 7])
+
+    @tf.function
+    def gradients(x, w):
+      with tf.GradientTape() as tape:
+        tape.watch([x, w])
+        y = tf.nn.conv2d(x, w, stride, padding)
+      return tape.gradient(y, [x, w])
+
+    graph = gradients.get_concrete_function(x, w).graph
+    ops = [op for op in graph.get_operations() if op.type in throughput.CONV_BACKPROP_OPS]
+    assert sorted(op.type for op in ops) == ["Conv2DBackpropFilter", "Conv2DBackpropInput"]
+    out = (size - kernel) // stride + 1 if padding == "VALID" else -(-size // stride)
+    forward = 2 * 3 * out * out * kernel * kernel * 5 * 7  # restated: outputs x taps x channels
+    for op in ops:
+      assert throughput.conv_backprop_flops(op) == forward, (size, kernel, stride, op.type)

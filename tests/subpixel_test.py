@@ -82,7 +82,9 @@ def test_no_layer_computes_a_backprop_input_natively():
   for kernel, stride, padding, size in CONVS:
     layer = subpixel.Conv2D(4, kernel, stride, padding, algorithm=subpixel.SUBPIXEL)
     types = _op_types(layer, (2, size, size, subpixel.MIN_SUBPIXEL_INPUT_CHANNELS))
-    assert "Conv2D" in types and "Conv2DBackpropInput" not in types
+    covers_map = padding == "valid" and kernel == size  # one matmul (test below)
+    assert ("MatMul" if covers_map else "Conv2D") in types
+    assert "Conv2DBackpropInput" not in types
   native = keras.layers.Conv2DTranspose(4, 4, 2, "same")
   assert "Conv2DBackpropInput" in _op_types(native, (2, 4, 4, 3))  # the check can fail
 
@@ -111,6 +113,28 @@ def test_spectrally_normalised_convolution_gradients_match_native():
   _assert_close(expected, actual)
   assert "Conv2DBackpropInput" not in _op_types(fast, shape)
   assert "Conv2DBackpropInput" in _op_types(native, shape)
+
+
+_CONVOLUTION_OPS = {"Conv2D", "Conv2DBackpropInput", "Conv2DBackpropFilter"}
+
+
+@pytest.mark.parametrize("stride", [1, 2])
+def test_a_kernel_covering_its_map_is_one_matmul_with_keras_outputs_and_gradients(stride):
+  """The last layer of the ALI encoder and D(x): a 'valid' kernel as large as its map."""
+  from age_tf.networks.spectral_norm import SNConv2D  # pylint: disable=g-import-not-at-top
+  shape = (3, 4, 3, subpixel.MIN_SUBPIXEL_INPUT_CHANNELS)  # rows and columns differ
+  args = dict(filters=7, kernel_size=(4, 3), strides=stride, padding="valid", use_bias=True)
+  native = keras.layers.Conv2D(**args)
+  fast = subpixel.Conv2D(**args, algorithm=subpixel.SUBPIXEL)
+  expected, actual = _pair(native, fast, shape, seed=40 + stride)
+  _assert_close(expected, actual)
+  assert "MatMul" in _op_types(fast, shape) and not _op_types(fast, shape) & _CONVOLUTION_OPS
+  sn_native = SNConv2D(5, (4, 3), strides=stride, algorithm=subpixel.NATIVE)
+  sn_fast = SNConv2D(5, (4, 3), strides=stride, algorithm=subpixel.SUBPIXEL)
+  expected, actual = _pair(sn_native, sn_fast, shape, seed=50 + stride)
+  _assert_close(expected, actual)
+  assert not _op_types(sn_fast, shape) & _CONVOLUTION_OPS
+  assert _op_types(sn_native, shape) & _CONVOLUTION_OPS  # the check can fail
 
 
 def test_auto_is_the_same_for_every_method():
