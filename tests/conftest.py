@@ -14,9 +14,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # One intra-op thread per TensorFlow process (this one and the commands the
 # tests start): the suite keeps every core busy (a worker per core and one
 # more, tests/parallel.py), and two processes each running two intra-op
-# threads on two cores spend a sixth of
-# their CPU time waiting on each other's threads (benchmarks/README.md, the
-# test suite). Sums then run in another order, so a long run's trajectory is
+# threads on two cores spend a sixth of their CPU time waiting on each
+# other's threads (benchmarks/README.md, the test suite). Sums then run in another order, so a long run's trajectory is
 # not the one it takes with more threads; the learning bars hold for both.
 os.environ.setdefault("TF_NUM_INTRAOP_THREADS", "1")
 
