@@ -3,6 +3,7 @@
     python benchmarks/ablation.py --change=batch_norm --dataset=cifar10       # AGE, authors' setting
     python benchmarks/ablation.py --change=transposed_conv --dataset=cifar10
     python benchmarks/ablation.py --change=transposed_conv --method=gali4 --dataset=svhn
+    python benchmarks/ablation.py --change=filter_gradient --method=gali4 --dataset=svhn
     python benchmarks/ablation.py --change=filter_gradient --dataset=cifar10 --mixed_precision=bfloat16
     python benchmarks/ablation.py --change=jit_compile --dataset=cifar10
     python benchmarks/ablation.py --change=bfloat16 --dataset=cifar10
@@ -11,8 +12,9 @@
 
   batch_norm       Keras's BatchNormalization -> TF's fused kernel (networks/batch_norm.py)
   transposed_conv  --transposed_conv=native -> subpixel (networks/subpixel.py)
-  filter_gradient  Conv2DBackpropFilter everywhere -> one matmul for half-precision
-                   filter gradients of small maps (subpixel._filter_gradient)
+  filter_gradient  Conv2DBackpropFilter everywhere -> subpixel._filter_gradient's (float32:
+                   a forward Conv2D with batch and channels swapped; half precision:
+                   one matmul on small maps)
   jit_compile      graph -> XLA (--jit_compile)
   bfloat16         --mixed_precision=float32 -> bfloat16
 
@@ -74,9 +76,8 @@ CHANGES = {
                    _code_change(batch_norm.BatchNormalization, "fused", False, True)),
     "transposed_conv": (subpixel.NATIVE, subpixel.SUBPIXEL,
                         _config_change("transposed_conv", subpixel.NATIVE, subpixel.SUBPIXEL)),
-    "filter_gradient": ("backprop_filter", "matmul",
-                        _code_change(subpixel, "MAX_MATMUL_FILTER_GRADIENT_AREA", 0,
-                                     subpixel.MAX_MATMUL_FILTER_GRADIENT_AREA)),
+    "filter_gradient": ("native", "fast",
+                        _code_change(subpixel, "FILTER_GRADIENT", "native", "fast")),
     "jit_compile": ("graph", "xla", _config_change("jit_compile", False, True)),
     "bfloat16": ("float32", "bfloat16", _config_change("mixed_precision", "float32", "bfloat16")),
 }

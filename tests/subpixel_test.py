@@ -56,9 +56,18 @@ def test_transposed_convolution_matches_keras(kernel, stride, padding, size):
   _assert_close(expected, actual)
 
 
-@pytest.mark.parametrize("kernel,stride,padding,size", CONVS)
-def test_convolution_gradients_match_keras(kernel, stride, padding, size):
-  channels = subpixel.MIN_SUBPIXEL_INPUT_CHANNELS
+# Few-channel inputs (images: TF's input gradient, our filter gradient) and
+# 1x1 kernels (the ALI generator's last layers: the filter gradient is a matmul).
+FEW_CHANNEL_AND_POINTWISE_CONVS = [(5, 1, "valid", 32, 1), (5, 1, "valid", 32, 3),
+                                   (4, 2, "same", 9, 3), (4, 2, "valid", 13, 1),
+                                   (1, 1, "valid", 8, 8), (1, 1, "valid", 8, 16),
+                                   (1, 2, "same", 9, 16), (1, 2, "valid", 9, 3)]
+
+
+@pytest.mark.parametrize("kernel,stride,padding,size,channels",
+                         [c + (subpixel.MIN_SUBPIXEL_INPUT_CHANNELS,) for c in CONVS]
+                         + FEW_CHANNEL_AND_POINTWISE_CONVS)
+def test_convolution_gradients_match_keras(kernel, stride, padding, size, channels):
   args = dict(filters=7, kernel_size=kernel, strides=stride, padding=padding, use_bias=True)
   native = keras.layers.Conv2D(**args)
   fast = subpixel.Conv2D(**args, algorithm=subpixel.SUBPIXEL)
@@ -87,6 +96,39 @@ def test_no_layer_computes_a_backprop_input_natively():
     assert "Conv2DBackpropInput" not in types
   native = keras.layers.Conv2DTranspose(4, 4, 2, "same")
   assert "Conv2DBackpropInput" in _op_types(native, (2, 4, 4, 3))  # the check can fail
+
+
+def test_float32_filter_gradients_are_forward_convolutions_or_matmuls(monkeypatch):
+  """No Conv2DBackpropFilter in float32 (subpixel.swapped_filter_gradient); 'native' has it."""
+  layers = [(subpixel.Conv2DTranspose(4, k, s, p, algorithm=subpixel.SUBPIXEL), (2, n, n, 3))
+            for k, s, p, n in TRANSPOSED]
+  layers += [(subpixel.Conv2D(4, k, s, p, algorithm=subpixel.SUBPIXEL), (2, n, n, c))
+             for k, s, p, n, c in FEW_CHANNEL_AND_POINTWISE_CONVS]
+  for layer, shape in layers:
+    assert "Conv2DBackpropFilter" not in _op_types(layer, shape), (layer.name, shape)
+  monkeypatch.setattr(subpixel, "FILTER_GRADIENT", "native")
+  for layer, shape in layers:
+    if "MatMul" not in _op_types(layer, shape):  # a 1x1 map or kernel covering the map
+      assert "Conv2DBackpropFilter" in _op_types(layer, shape), (layer.name, shape)
+
+
+def test_swapped_filter_gradient_is_the_restated_sum():
+  """dW[i, j, c, o] = sum over n, y, x of X[n, s y + i, s x + j, c] dY[n, y, x, o], in numpy."""
+  rng = np.random.default_rng(7)
+  for (k_rows, k_cols), stride, size in [((3, 2), 2, 9), ((5, 5), 1, 8), ((1, 1), 2, 7)]:
+    x = rng.standard_normal((2, size, size + 1, 3)).astype(np.float32)
+    out_rows, out_cols = (size - k_rows) // stride + 1, (size + 1 - k_cols) // stride + 1
+    dy = rng.standard_normal((2, out_rows, out_cols, 4)).astype(np.float32)
+    expected = np.zeros((k_rows, k_cols, 3, 4))
+    for i in range(k_rows):
+      for j in range(k_cols):
+        rows = slice(i, i + stride * (out_rows - 1) + 1, stride)
+        cols = slice(j, j + stride * (out_cols - 1) + 1, stride)
+        window = x[:, rows, cols]
+        expected[i, j] = np.einsum("nyxc,nyxo->co", window, dy)
+    actual = subpixel.swapped_filter_gradient(tf.constant(x), (k_rows, k_cols, 3, 4),
+                                              tf.constant(dy), stride).numpy()
+    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
 def test_native_algorithm_and_few_channels_keep_keras_ops():

@@ -165,14 +165,14 @@ def build_generator(image_size, channels, latent_dim, *, width,
     size = _deconv_out(size, kernel, stride)
   for multiple in _GENERATOR_POINTWISE[image_size]:
     index += 1
-    h = keras.layers.Conv2D(
+    h = subpixel.Conv2D(
         multiple * width, 1, padding="valid", use_bias=False,
-        kernel_initializer=_weights(), name=f"conv{index}")(h)
+        kernel_initializer=_weights(), name=f"conv{index}", algorithm=algorithm)(h)
     h = _batch_norm(f"bn{index}", synchronized_bn)(h)
     h = _lrelu(image_size, f"lrelu{index}")(h)
   index += 1
-  h = keras.layers.Conv2D(channels, 1, padding="valid", use_bias=False,
-                          kernel_initializer=_weights(), name=f"conv{index}")(h)
+  h = subpixel.Conv2D(channels, 1, padding="valid", use_bias=False,
+                      kernel_initializer=_weights(), name=f"conv{index}", algorithm=algorithm)(h)
   if size != image_size or tuple(h.shape[1:3]) != (image_size, image_size):
     raise AssertionError(
         f"generator ends at {size}x{size}, not {image_size}x{image_size}")

@@ -170,9 +170,7 @@ class SNConv2D(_SpectralNormBase):
 
   def call(self, inputs, training=None):
     kernel = self._normalized_kernel(training)
-    if (self.algorithm == subpixel.SUBPIXEL
-        and inputs.shape[-1] >= subpixel.MIN_SUBPIXEL_INPUT_CHANNELS
-        and subpixel.applies(inputs, self.strides)):
+    if self.algorithm == subpixel.SUBPIXEL and subpixel.applies(inputs, self.strides):
       outputs = subpixel.conv2d(inputs, kernel, self.strides[0], self.padding.upper())
     else:
       outputs = tf.nn.conv2d(inputs, kernel, strides=(1,) + self.strides + (1,),

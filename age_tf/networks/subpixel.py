@@ -12,10 +12,13 @@ to the layer's padding, computes it exactly. A transposed 'valid' layer on
 a 1x1 map (a generator's first layer), and a 'valid' convolution whose
 kernel covers its whole map (an encoder's last layer), are single matmuls.
 
+Kernel gradients (_filter_gradient) are, in float32, a forward Conv2D with
+the batch and channel axes swapped (swapped_filter_gradient): TensorFlow's
+CPU Conv2DBackpropFilter ran the ALI family's layers 1.3-5x slower.
+
 The layers below keep Keras's kernels (same shapes, initialisers and
-checkpoint keys) and change only how the transposed half is computed; the
-other halves are TF's own Conv2D and Conv2DBackpropFilter, as in TF's
-registered gradients.
+checkpoint keys) and change only how the transposed half and the kernel
+gradient are computed; forward convolutions are TF's own Conv2D.
 """
 
 import keras
@@ -26,9 +29,12 @@ ALGORITHMS = ("auto", NATIVE, SUBPIXEL)
 # Below this many input channels a Conv2D's input gradient (a stride-1
 # convolution to s*s*channels) is as fast natively (RGB: 15 vs 10 ms).
 MIN_SUBPIXEL_INPUT_CHANNELS = 16
-# Filter gradients of layers whose output map has at most this many
-# positions are one matmul (see _filter_gradient).
+# Half-precision filter gradients of layers whose output map has at most
+# this many positions are one matmul (see _filter_gradient).
 MAX_MATMUL_FILTER_GRADIENT_AREA = 16
+# How _filter_gradient computes kernel gradients: "fast" or "native"
+# (Conv2DBackpropFilter everywhere; benchmarks/ablation.py times the two).
+FILTER_GRADIENT = "fast"
 
 
 def resolve(algorithm):
@@ -115,26 +121,54 @@ def dense_conv2d(x, kernel):
   return tf.reshape(y, [-1, 1, 1, filters])
 
 
-def _same_pad_before(in_size, out_size, kernel, stride):
-  """Rows TF's 'same' padding puts before the input of a conv from in_size to out_size."""
-  return max((out_size - 1) * stride + kernel - in_size, 0) // 2
+def _same_padding(in_size, out_size, kernel, stride):
+  """(before, after): the rows TF's 'same' padding adds to a conv from in_size to out_size."""
+  total = max((out_size - 1) * stride + kernel - in_size, 0)
+  return total // 2, total - total // 2
+
+
+def swapped_filter_gradient(inputs, kernel_shape, out_backprop, stride):
+  """The kernel gradient of a 'valid' tf.nn.conv2d as a forward Conv2D, batch and channels swapped.
+
+  dW[i, j, c, o] = sum over n, y, x of X[n, s y + i, s x + j, c] dY[n, y, x, o]
+  is a 'valid' convolution of X read as C images of N channels, (C, H, W, N),
+  by dY read as a (Ho, Wo, N, O) kernel dilated by the stride s: its output
+  (C, H - s (Ho - 1), ..., O) holds dW[i, j, c, o] at (c, i, j, o) for i < kh.
+  A 1x1 kernel is one matmul. On CPUs both ran 1.3-5x faster than
+  Conv2DBackpropFilter on the ALI family's layers in float32
+  (`benchmarks/ablation.py --change=filter_gradient`).
+  """
+  k_rows, k_cols, channels, filters = kernel_shape
+  if (k_rows, k_cols) == (1, 1):
+    strided = inputs[:, ::stride, ::stride, :][:, :out_backprop.shape[1], :out_backprop.shape[2]]
+    gradient = tf.matmul(tf.reshape(strided, [-1, channels]),
+                         tf.reshape(out_backprop, [-1, filters]), transpose_a=True)
+    return tf.reshape(gradient, kernel_shape)
+  images = tf.transpose(inputs, [3, 1, 2, 0])
+  dilated_kernel = tf.transpose(out_backprop, [1, 2, 0, 3])
+  gradient = tf.nn.conv2d(images, dilated_kernel, 1, "VALID", dilations=stride)
+  return tf.transpose(gradient[:, :k_rows, :k_cols, :], [1, 2, 0, 3])
 
 
 def _filter_gradient(inputs, kernel, out_backprop, stride, padding):
   """The gradient of tf.nn.conv2d(inputs, kernel, stride, padding) with respect to kernel.
 
-  Conv2DBackpropFilter, except in bfloat16 and float16 on maps of at most
-  MAX_MATMUL_FILTER_GRADIENT_AREA output positions (the deep, small layers),
-  where it is the patches of `inputs` times out_backprop as one matmul:
-  oneDNN's half-precision filter-gradient kernel is slower than the matmul
-  there (`benchmarks/ablation.py --change=filter_gradient` measures it;
-  benchmarks/README.md has figures). In float32 the two are level per layer
-  and the matmul slowed the whole step, so float32 keeps
-  Conv2DBackpropFilter.
+  FILTER_GRADIENT 'fast' (the default): in float32 swapped_filter_gradient;
+  in bfloat16 and float16, on maps of at most MAX_MATMUL_FILTER_GRADIENT_AREA
+  output positions (the deep, small layers), the patches of `inputs` times
+  out_backprop as one matmul, where oneDNN's half-precision
+  Conv2DBackpropFilter is slower than the matmul; elsewhere, and with
+  FILTER_GRADIENT 'native', Conv2DBackpropFilter.
   """
   k_rows, k_cols, channels, filters = kernel.shape
+  if FILTER_GRADIENT == "fast" and inputs.dtype == tf.float32:
+    if padding == "SAME":
+      rows = _same_padding(inputs.shape[1], out_backprop.shape[1], k_rows, stride)
+      cols = _same_padding(inputs.shape[2], out_backprop.shape[2], k_cols, stride)
+      inputs = tf.pad(inputs, [[0, 0], rows, cols, [0, 0]])
+    return swapped_filter_gradient(inputs, kernel.shape, out_backprop, stride)
   small = out_backprop.shape[1] * out_backprop.shape[2] <= MAX_MATMUL_FILTER_GRADIENT_AREA
-  if inputs.dtype == tf.float32 or not small:
+  if FILTER_GRADIENT == "native" or inputs.dtype == tf.float32 or not small:
     return tf.raw_ops.Conv2DBackpropFilter(
         input=inputs, filter_sizes=tf.shape(kernel), out_backprop=out_backprop,
         strides=[1, stride, stride, 1], padding=padding)
@@ -157,8 +191,8 @@ def conv2d_transpose(x, kernel, stride, padding):
     out_size = ((height - 1) * stride + k_rows, (width - 1) * stride + k_cols)
   else:
     out_size = (height * stride, width * stride)
-    pad_before = (_same_pad_before(out_size[0], height, k_rows, stride),
-                  _same_pad_before(out_size[1], width, k_cols, stride))
+    pad_before = (_same_padding(out_size[0], height, k_rows, stride)[0],
+                  _same_padding(out_size[1], width, k_cols, stride)[0])
 
   @tf.custom_gradient
   def forward(x, kernel):
@@ -171,9 +205,11 @@ def conv2d_transpose(x, kernel, stride, padding):
 
 
 def conv2d(x, kernel, stride, padding):
-  """tf.nn.conv2d(x, kernel, stride, padding) whose input gradient is sub-pixel.
+  """tf.nn.conv2d(x, kernel, stride, padding) with _filter_gradient and a sub-pixel input gradient.
 
-  A 'valid' kernel as large as the map is one matmul (dense_conv2d).
+  Inputs of fewer than MIN_SUBPIXEL_INPUT_CHANNELS channels keep TF's
+  Conv2DBackpropInput. A 'valid' kernel as large as the map is one matmul
+  (dense_conv2d).
   """
   height, width = x.shape[1], x.shape[2]
   k_rows, k_cols = kernel.shape[0], kernel.shape[1]
@@ -188,9 +224,12 @@ def conv2d(x, kernel, stride, padding):
       if padding == "VALID":
         pad_before = (0, 0)
       else:
-        pad_before = (_same_pad_before(height, y.shape[1], k_rows, stride),
-                      _same_pad_before(width, y.shape[2], k_cols, stride))
-      dx = transposed_conv(dy, kernel, stride, pad_before, (height, width))
+        pad_before = (_same_padding(height, y.shape[1], k_rows, stride)[0],
+                      _same_padding(width, y.shape[2], k_cols, stride)[0])
+      if x.shape[-1] < MIN_SUBPIXEL_INPUT_CHANNELS:
+        dx = tf.nn.conv2d_transpose(dy, kernel, tf.shape(x), stride, padding)
+      else:
+        dx = transposed_conv(dy, kernel, stride, pad_before, (height, width))
       return dx, _filter_gradient(x, kernel, dy, stride, padding)
 
     return y, gradient
@@ -242,12 +281,9 @@ class Conv2DTranspose(keras.layers.Conv2DTranspose):
 
 @keras.saving.register_keras_serializable(package="age_tf")
 class Conv2D(keras.layers.Conv2D):
-  """keras.layers.Conv2D whose input gradient is a sub-pixel convolution.
+  """keras.layers.Conv2D with conv2d's gradients: sub-pixel for the input, swapped for the kernel.
 
-  Used where the gradient flows through the layer into its input (AGE's
-  generator is trained through the encoder, ALI's through the
-  discriminator). Few-channel inputs, algorithm='native' and unequal strides
-  use Keras's own call.
+  algorithm='native' and unequal strides use Keras's own call.
   """
 
   def __init__(self, *args, algorithm=SUBPIXEL, **kwargs):
@@ -255,7 +291,7 @@ class Conv2D(keras.layers.Conv2D):
     self.algorithm = algorithm
 
   def call(self, inputs):
-    if (self.algorithm != SUBPIXEL or inputs.shape[-1] < MIN_SUBPIXEL_INPUT_CHANNELS
+    if (self.algorithm != SUBPIXEL
         or not applies(inputs, self.strides, self.dilation_rate, self.data_format,
                        self.groups)):
       return super().call(inputs)
