@@ -14,7 +14,8 @@ kernel covers its whole map (an encoder's last layer), are single matmuls.
 
 Kernel gradients (_filter_gradient) are, in float32, a forward Conv2D with
 the batch and channel axes swapped (swapped_filter_gradient): TensorFlow's
-CPU Conv2DBackpropFilter ran the ALI family's layers 1.3-5x slower.
+CPU Conv2DBackpropFilter ran the ALI family's layers 1.1-4.6x slower
+(benchmarks/filter_gradient.py).
 
 The layers below keep Keras's kernels (same shapes, initialisers and
 checkpoint keys) and change only how the transposed half and the kernel
@@ -134,9 +135,7 @@ def swapped_filter_gradient(inputs, kernel_shape, out_backprop, stride):
   is a 'valid' convolution of X read as C images of N channels, (C, H, W, N),
   by dY read as a (Ho, Wo, N, O) kernel dilated by the stride s: its output
   (C, H - s (Ho - 1), ..., O) holds dW[i, j, c, o] at (c, i, j, o) for i < kh.
-  A 1x1 kernel is one matmul. On CPUs both ran 1.3-5x faster than
-  Conv2DBackpropFilter on the ALI family's layers in float32
-  (`benchmarks/ablation.py --change=filter_gradient`).
+  A 1x1 kernel is one matmul.
   """
   k_rows, k_cols, channels, filters = kernel_shape
   if (k_rows, k_cols) == (1, 1):
