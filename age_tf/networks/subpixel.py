@@ -14,7 +14,7 @@ kernel covers its whole map (an encoder's last layer), are single matmuls.
 
 Kernel gradients (_filter_gradient) are, in float32, a forward Conv2D with
 the batch and channel axes swapped (swapped_filter_gradient): TensorFlow's
-CPU Conv2DBackpropFilter ran the ALI family's layers 1.1-4.6x slower
+CPU Conv2DBackpropFilter ran the ALI family's layers 1.1-3.8x slower
 (benchmarks/filter_gradient.py).
 
 The layers below keep Keras's kernels (same shapes, initialisers and
