@@ -37,21 +37,9 @@ FLAGS = flags.FLAGS
 VALIDATION, PER_CLASS = 300, 10  # benchmarks/quality.py's SVM_VALIDATION, SVM_PER_CLASS
 
 
-def _protocol_arrays():
-  spec = data.get_spec("digits")
-  arrays = []
-  for split in ("train", "test"):
-    batches = list(data.labelled_dataset(spec, split, 1000))
-    arrays += [np.concatenate([x.numpy() for x, _ in batches]),
-               np.concatenate([y.numpy() for _, y in batches])]
-  train_x, train_y, test_x, test_y = arrays
-  return (train_x[:-VALIDATION], train_y[:-VALIDATION], train_x[-VALIDATION:],
-          train_y[-VALIDATION:], test_x, test_y)
-
-
 def main(argv):
   del argv
-  arrays = _protocol_arrays()
+  arrays = svm.protocol_arrays(data.get_spec("digits"), VALIDATION)
 
   def row(name, featurize):
     result = svm.linear_svm_error(*arrays, per_class=PER_CLASS, repeats=FLAGS.repeats,

@@ -185,15 +185,7 @@ def _served_reconstruction(model_dir, test_x):
 @functools.lru_cache(maxsize=1)
 def _svm_pools():
   """The SVM protocol's (pool, pool labels, validation, validation labels, test, test labels)."""
-  spec = data.get_spec("digits")
-  arrays = []
-  for split in ("train", "test"):
-    batches = list(data.labelled_dataset(spec, split, 1000))
-    arrays += [np.concatenate([x.numpy() for x, _ in batches]),
-               np.concatenate([y.numpy() for _, y in batches])]
-  train_x, train_y, test_x, test_y = arrays
-  return (train_x[:-SVM_VALIDATION], train_y[:-SVM_VALIDATION], train_x[-SVM_VALIDATION:],
-          train_y[-SVM_VALIDATION:], test_x, test_y)
+  return svm.protocol_arrays(data.get_spec("digits"), SVM_VALIDATION)
 
 
 def _svm(featurize):

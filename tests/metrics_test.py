@@ -214,6 +214,22 @@ class LinearModel:
     return images * self.scale
 
 
+def test_svm_protocol_arrays_hold_out_the_last_training_images_for_validation():
+  from age_tf import data  # pylint: disable=g-import-not-at-top
+  spec = data.get_spec("digits")
+  pool, pool_y, validation, validation_y, test, test_y = svm.protocol_arrays(spec, 300)
+  train = list(data.labelled_dataset(spec, "train", 500))
+  train_x = np.concatenate([x.numpy() for x, _ in train])
+  train_y = np.concatenate([y.numpy() for _, y in train])
+  assert (len(pool), len(validation), len(test)) == (spec.num_train - 300, 300, spec.num_test)
+  np.testing.assert_array_equal(np.concatenate([pool, validation]), train_x)
+  np.testing.assert_array_equal(np.concatenate([pool_y, validation_y]), train_y)
+  test_batches = list(data.labelled_dataset(spec, "test", 500))
+  np.testing.assert_array_equal(test, np.concatenate([x.numpy() for x, _ in test_batches]))
+  np.testing.assert_array_equal(test_y, np.concatenate([y.numpy() for _, y in test_batches]))
+  assert test.dtype == np.float32 and test.min() >= -1.0 and test.max() <= 1.0
+
+
 def test_reconstruction_errors_on_arrays_and_datasets():
   images = np.random.default_rng(9).uniform(-1, 1, size=(30, 4, 4, 1)).astype(np.float32)
   model = LinearModel(0.5)

@@ -33,6 +33,7 @@ import threadpoolctl
 from sklearn import exceptions as sk_exceptions
 from sklearn import svm as sk_svm
 
+from age_tf import data
 from age_tf.metrics import inputs
 
 GRID_LOG_RANGE = (-20.0, 20.0)
@@ -46,6 +47,23 @@ SATURATION = 1e-5
 # Layer types that end a hidden layer of the encoders (nonlinearities).
 _ACTIVATIONS = (keras.layers.LeakyReLU, keras.layers.ReLU, keras.layers.ELU,
                 keras.layers.PReLU, keras.layers.Activation)
+
+
+def protocol_arrays(spec, validation, batch_size=1000, **data_args):
+  """(pool, pool labels, validation, validation labels, test, test labels) of a labelled dataset.
+
+  Float images in [-1, 1] as the models see them: the train split with its
+  last `validation` images held out for choosing C, and the test split.
+  data_args go to data.labelled_dataset (data_dir, download).
+  """
+  arrays = []
+  for split in ("train", "test"):
+    batches = list(data.labelled_dataset(spec, split, batch_size, **data_args))
+    arrays += [np.concatenate([x.numpy() for x, _ in batches]),
+               np.concatenate([y.numpy() for _, y in batches])]
+  train_x, train_y, test_x, test_y = arrays
+  return (train_x[:-validation], train_y[:-validation], train_x[-validation:],
+          train_y[-validation:], test_x, test_y)
 
 
 def c_grid(size=PAPER_GRID_SIZE):
