@@ -8,6 +8,7 @@ import scipy.linalg
 import tensorflow as tf
 from sklearn import svm as sk_svm
 
+from age_tf import data
 from age_tf import figures
 from age_tf.metrics import classifier_distances as cd
 from age_tf.metrics import inpainting
@@ -215,7 +216,6 @@ class LinearModel:
 
 
 def test_svm_protocol_arrays_hold_out_the_last_training_images_for_validation():
-  from age_tf import data  # pylint: disable=g-import-not-at-top
   spec = data.get_spec("digits")
   pool, pool_y, validation, validation_y, test, test_y = svm.protocol_arrays(spec, 300)
   train = list(data.labelled_dataset(spec, "train", 500))

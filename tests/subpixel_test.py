@@ -131,6 +131,25 @@ def test_swapped_filter_gradient_is_the_restated_sum():
     np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-5)
 
 
+@pytest.mark.parametrize("dtype", [tf.bfloat16, tf.float16])
+def test_half_precision_filter_gradients_of_small_maps_are_patch_matmuls(dtype):
+  """Maps of at most MAX_MATMUL_FILTER_GRADIENT_AREA outputs: one matmul, float32's values."""
+  rng = np.random.default_rng(11)
+  x = rng.standard_normal((3, 8, 8, 5)).astype(np.float32)  # 'same', stride 2: a 4x4 map
+  dy = rng.standard_normal((3, 4, 4, 6)).astype(np.float32)
+  kernel = tf.zeros((4, 4, 5, 6), dtype)
+  expected = tf.raw_ops.Conv2DBackpropFilter(
+      input=x, filter_sizes=[4, 4, 5, 6], out_backprop=dy, strides=[1, 2, 2, 1],
+      padding="SAME").numpy()
+  function = tf.function(lambda x, dy: subpixel._filter_gradient(  # pylint: disable=protected-access
+      x, kernel, dy, 2, "SAME"))
+  half = (tf.constant(x, dtype), tf.constant(dy, dtype))
+  actual = tf.cast(function(*half), tf.float32).numpy()
+  assert np.abs(actual - expected).max() < 0.05 * np.abs(expected).max()
+  types = {op.type for op in function.get_concrete_function(*half).graph.get_operations()}
+  assert "MatMul" in types and "Conv2DBackpropFilter" not in types
+
+
 def test_native_algorithm_and_few_channels_keep_keras_ops():
   layer = subpixel.Conv2DTranspose(4, 4, 2, "same", algorithm=subpixel.NATIVE)
   assert "Conv2DBackpropInput" in _op_types(layer, (2, 4, 4, 3))

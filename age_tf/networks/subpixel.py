@@ -167,7 +167,7 @@ def _filter_gradient(inputs, kernel, out_backprop, stride, padding):
       inputs = tf.pad(inputs, [[0, 0], rows, cols, [0, 0]])
     return swapped_filter_gradient(inputs, kernel.shape, out_backprop, stride)
   small = out_backprop.shape[1] * out_backprop.shape[2] <= MAX_MATMUL_FILTER_GRADIENT_AREA
-  if FILTER_GRADIENT == "native" or inputs.dtype == tf.float32 or not small:
+  if FILTER_GRADIENT == "native" or not small:  # float32 returned above unless native
     return tf.raw_ops.Conv2DBackpropFilter(
         input=inputs, filter_sizes=tf.shape(kernel), out_backprop=out_backprop,
         strides=[1, stride, stride, 1], padding=padding)
