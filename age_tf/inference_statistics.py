@@ -46,6 +46,7 @@ averages afterwards, so a resumed run follows the same trajectory.
 
 import contextlib
 import dataclasses
+import functools
 
 import keras
 from keras import ops
@@ -61,6 +62,9 @@ DEFAULT_MODE = "recompute"
 DEFAULT_IMAGES = 2048
 DEFAULT_PRIOR_FRACTION = 0.5
 PASS_BATCH_SIZE = 128
+# The most memory the pass keeps a layer's inputs in (over all calibration inputs) to
+# compute the next layer's from them.
+MAX_KEPT_BYTES = 512 * 2 ** 20
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,49 +199,104 @@ def preserved(model):
 # ---------------------------------------------------------------- the pass
 
 
-class _NetworkPass:
-  """The statistics pass of one network: one probe (inputs -> layer input) per BatchNorm layer."""
+class NetworkPass:
+  """The statistics pass of one network, one BatchNorm layer at a time.
+
+  Layer k's inputs are computed from layer k-1's (kept from the previous
+  layer's turn) by the segment of the graph between them, so the pass costs
+  about one inference pass of the network over the calibration inputs. A
+  segment starts from the network's inputs instead when the graph between
+  the two layers is not a chain through layer k-1's input (a skip connection
+  around it), or when keeping layer k-1's inputs for every calibration input
+  would take more than MAX_KEPT_BYTES.
+
+  The first `recompute` runs the segments eagerly; later ones run them as
+  tf.functions, traced at the second. Evaluate and the export run the pass
+  once, where tracing would cost more than it saves; training's image steps
+  run it again and again.
+  """
 
   def __init__(self, network):
+    self.network = network
     self.layers = batch_norm_layers(network)
-    self._moments = []
     for layer in self.layers:
       source = getattr(layer, "_source", layer)
       if source.axis not in (-1, len(layer.input.shape) - 1):
         raise ValueError(f"{network.name}/{layer.name}: the statistics pass takes BatchNorm "
                          f"over the last axis, not axis {source.axis}.")
-      probe = keras.Model(network.inputs, layer.input, name=f"{network.name}_{layer.name}_input")
-      self._moments.append(_moments_fn(probe, network.inputs[0].shape[1:]))
+    # (start, k, traced) -> the moments function of the segment; start -1: the inputs
+    self._moments = {}
+    self._runs = 0
+    # Per layer, the cut its inputs were last computed from: the index of the layer whose
+    # inputs were kept, or -1 for the network's inputs.
+    self.starts = []
+
+  def _moments_fn(self, start, k):
+    """The moments function of layer k's inputs computed from cut `start`, or None when the
+    graph between them is not a segment (then only the network's inputs will do)."""
+    key = (start, k, self._runs > 0)
+    if key not in self._moments:
+      begin = self.network.inputs[0] if start < 0 else self.layers[start].input
+      try:
+        probe = keras.Model(begin, self.layers[k].input,
+                            name=f"{self.network.name}_{self.layers[k].name}_input_{start + 1}")
+      except ValueError:  # not connected through `begin` alone
+        self._moments[key] = None
+      else:
+        self._moments[key] = _moments_fn(probe, begin.shape[1:], traced=self._runs > 0)
+    return self._moments[key]
 
   def recompute(self, batches):
     """Sets each layer's moving statistics to its inputs' population mean and variance."""
-    for layer, moments in zip(self.layers, self._moments):
-      count, mean, m2 = 0.0, 0.0, 0.0
-      for batch in batches:
-        n, batch_mean, batch_m2 = (np.asarray(t, np.float64) for t in moments(batch))
+    count = sum(int(b.shape[0]) for b in batches)
+    start, kept = -1, batches  # the cut whose values over the calibration inputs are kept
+    self.starts = []
+    for k, layer in enumerate(self.layers):
+      moments = self._moments_fn(start, k)
+      if moments is None:
+        start, kept = -1, batches
+        moments = self._moments_fn(start, k)
+      self.starts.append(start)
+      keep = (k + 1 < len(self.layers) and
+              count * int(np.prod(layer.input.shape[1:])) * 4 <= MAX_KEPT_BYTES)
+      total, mean, m2, outputs = 0.0, 0.0, 0.0, []
+      for batch in kept:
+        n, batch_mean, batch_m2, h = moments(batch)
+        if keep:
+          outputs.append(h)
+        n, batch_mean, batch_m2 = (np.asarray(t, np.float64) for t in (n, batch_mean, batch_m2))
         # Chan et al.'s pairwise update of (count, mean, sum of squared deviations).
         delta = batch_mean - mean
-        total = count + n
-        mean = mean + delta * (n / total)
-        m2 = m2 + batch_m2 + delta ** 2 * (count * n / total)
-        count = total
+        merged = total + n
+        mean = mean + delta * (n / merged)
+        m2 = m2 + batch_m2 + delta ** 2 * (total * n / merged)
+        total = merged
       layer.moving_mean.assign(np.asarray(mean, np.float32))
-      layer.moving_variance.assign(np.asarray(m2 / count, np.float32))
+      layer.moving_variance.assign(np.asarray(m2 / total, np.float32))
+      if keep:
+        start, kept = k, outputs
+    self._runs += 1
 
 
-def _moments_fn(probe, input_shape):
-  """(count, mean, sum of squared deviations) per channel of the probe's output on a batch."""
-  @tf.function(input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)],
-               autograph=False)
+def _moments_fn(probe, input_shape, traced):
+  """(count, mean, sum of squared deviations) per channel of the probe's output on a batch,
+  and the output itself in float32 (the next segment's input); a tf.function if `traced`."""
   def moments(x):
+    h = probe(x, training=False)
     # float64 sums: in float32 a batch of 128 at 16x16 (32,768 values a channel) put
     # the mean 2e-4 of the channel's std off.
-    h = tf.cast(probe(x, training=False), tf.float64)
+    h64 = tf.cast(h, tf.float64)
     axes = list(range(len(h.shape) - 1))
-    mean = tf.reduce_mean(h, axes)
-    m2 = tf.reduce_sum(tf.square(h - mean), axes)
+    mean = tf.reduce_mean(h64, axes)
+    m2 = tf.reduce_sum(tf.square(h64 - mean), axes)
     count = tf.cast(tf.reduce_prod(tf.shape(h)[:-1]), tf.float64)
-    return count, mean, m2
+    return count, mean, m2, tf.cast(h, tf.float32)
+  if traced:
+    # Through a partial, which has no __code__: TensorFlow then counts this
+    # function's traces apart from the other segments' (one trace each) instead
+    # of warning of retracing as if the one `moments` were traced again and again.
+    return tf.function(functools.partial(moments), autograph=False,
+                       input_signature=[tf.TensorSpec([None, *input_shape], tf.float32)])
   return moments
 
 
@@ -284,12 +343,12 @@ class StatisticsPass:
     self.model = model
     self.settings = settings
     self.batch_size = batch_size
-    self.encoder = _NetworkPass(model.encoder)
-    self.generator = _NetworkPass(model.generator)
+    self.encoder = NetworkPass(model.encoder)
+    self.generator = NetworkPass(model.generator)
     reconstruction_generator = None
     if settings.mode == "recompute":
       reconstruction_generator = with_own_statistics(model.generator)
-      self.reconstruction = _NetworkPass(reconstruction_generator)
+      self.reconstruction = NetworkPass(reconstruction_generator)
     self.served = Served(model, reconstruction_generator)
     self._encode = tf.function(
         lambda x: model.encode(x, training=False),

@@ -315,3 +315,54 @@ def test_reconstruct_generator_is_the_generator_with_its_own_statistics(method):
   for layer in shared:
     layer.moving_variance.assign(layer.moving_variance * 4.0)
   assert np.max(np.abs(copy(codes).numpy() - want)) > 0.01 * np.abs(want).max()
+
+
+def skip_network():
+  """Three BatchNorm layers; a skip connection from the inputs reaches the third's inputs."""
+  x = keras.Input((8, 8, 3))
+  first = keras.layers.BatchNormalization()
+  second = keras.layers.BatchNormalization()
+  third = keras.layers.BatchNormalization()
+  h = keras.layers.Conv2D(4, 3, padding="same")(x)
+  h = keras.layers.Conv2D(4, 3, padding="same")(keras.layers.ReLU()(first(h)))
+  h = keras.layers.Add()([keras.layers.ReLU()(second(h)), keras.layers.Conv2D(4, 1)(x)])
+  return keras.Model(x, keras.layers.Conv2D(2, 1)(third(h)))
+
+
+@pytest.mark.parametrize("max_kept_bytes,starts", [(None, [-1, 0, -1]), (0, [-1, -1, -1])])
+def test_the_pass_goes_segment_by_segment_where_the_graph_and_memory_allow(
+    monkeypatch, max_kept_bytes, starts):
+  """Layer k's inputs come from layer k-1's kept inputs (one network pass in all), from the
+  network's inputs past a skip connection or when they would not fit in MAX_KEPT_BYTES;
+  either way each layer gets its inputs' population moments."""
+  if max_kept_bytes is not None:
+    monkeypatch.setattr(inference_statistics, "MAX_KEPT_BYTES", max_kept_bytes)
+  keras.utils.set_random_seed(0)
+  network = skip_network()
+  rng = np.random.default_rng(0)
+  inputs = rng.standard_normal((300, 8, 8, 3)).astype(np.float32)
+  network_pass = inference_statistics.NetworkPass(network)
+  # The first run is eager, the second runs traced functions: both must reach the fixed point.
+  for run in range(2):
+    for layer in network_pass.layers:  # statistics far from the inputs' own
+      layer.moving_mean.assign(rng.standard_normal(layer.moving_mean.shape) * 3)
+      layer.moving_variance.assign(rng.uniform(5, 10, layer.moving_variance.shape))
+    network_pass.recompute([tf.constant(inputs[i:i + 128]) for i in range(0, 300, 128)])
+    assert network_pass.starts == starts
+    for layer in network_pass.layers:
+      x = keras.Model(network.inputs, layer.input)(tf.constant(inputs), training=False).numpy()
+      x = x.astype(np.float64).reshape(-1, x.shape[-1])
+      np.testing.assert_allclose(layer.moving_mean.numpy(), x.mean(0),
+                                 atol=1e-5 * x.std(0).max(), err_msg=f"run {run}")
+      np.testing.assert_allclose(layer.moving_variance.numpy(), x.var(0), rtol=1e-4,
+                                 err_msg=f"run {run}")
+  # age_tf's networks are chains: every layer after the first starts from the one before it.
+  config, model = build("gali4", np.random.default_rng(2))
+  settings = inference_statistics.settings_of(config)
+  statistics_pass = inference_statistics.StatisticsPass(model, settings)
+  statistics_pass.run(inference_statistics.calibration_for(config, settings))
+  for network_pass in (statistics_pass.encoder, statistics_pass.generator,
+                       statistics_pass.reconstruction):
+    layers = len(network_pass.layers)
+    assert network_pass.starts == (list(range(-1, layers - 1)) if max_kept_bytes is None
+                                   else [-1] * layers)
