@@ -18,7 +18,7 @@ export and training's first image step pay), the second (training's second
 image step) and the median of --runs further runs (its later image steps).
 Untrained networks on uniform random
 images of the dataset's shape (the time does not depend on the pixels), so
-no dataset is read; the two ways' statistics are checked to agree.
+no dataset is read; the ways' statistics are checked to agree.
 """
 
 import os
@@ -52,9 +52,8 @@ def main(argv):
   model = METHODS[config.method].create(config)
   shape = model.encoder.inputs[0].shape[1:]
   rng = np.random.default_rng(0)
-  channels = shape[-1]
   calibration = inference_statistics.Calibration(
-      images=rng.integers(0, 256, (images, *shape[:-1], channels), dtype=np.uint8),
+      images=rng.integers(0, 256, (images, *shape), dtype=np.uint8),
       prior=prior_lib.numpy_draws(rng, images, config.latent_dim, config.prior))
   settings = inference_statistics.settings_of(config)
   default_bytes = inference_statistics.MAX_KEPT_BYTES
