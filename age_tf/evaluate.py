@@ -90,6 +90,9 @@ class EvalSettings:
   inpaint_images: int | None = None
   num_code_samples: int = 1000
   classifier_epochs: int = 10
+  # Where the digits classifier is kept and shared between runs; "" (not given):
+  # features.default_cache_dir() ($AGE_TF_CACHE_DIR or ~/.cache/age_tf).
+  classifier_cache: str = ""
   # Shared with training (age_tf.config's flags):
   feature_model: str | None = None
   inception_weights: str | None = None
@@ -200,18 +203,23 @@ def _feature_model(config, spec, eval_root, settings):
                       f"`python -m age_tf.classifier --dataset={spec.name} --model_dir=DIR`) or "
                       "--feature_model=inception with --inception_weights=FILE; or choose "
                       "--metrics=svm.")
-    name = os.path.join(eval_root, CLASSIFIER_DIR)
-    info_path = os.path.join(name, features.CLASSIFIER_INFO)
-    if not tf.io.gfile.exists(os.path.join(name, features.CLASSIFIER_FILE)):
-      logging.info("No --feature_model: training the digits classifier (%d epochs) into %s.",
-                   settings.classifier_epochs, name)
-      features.train_classifier(spec, name, epochs=settings.classifier_epochs,
-                                data_dir=config.data_dir or None, download=config.download,
-                                verbose=0, **CLASSIFIER_SETTINGS)
-    with tf.io.gfile.GFile(info_path) as f:
+    cache_dir = settings.classifier_cache or features.default_cache_dir()
+    train = dict(epochs=settings.classifier_epochs, data_dir=config.data_dir or None,
+                 download=config.download, **CLASSIFIER_SETTINGS)
+    try:
+      name, trained_now = features.cached_classifier(spec, cache_dir, **train)
+    except OSError as e:  # a read-only home, a full disk: this run's own copy
+      name = os.path.join(eval_root, CLASSIFIER_DIR)
+      logging.warning("Cannot keep the digits classifier in %s (%s); using %s instead. Set "
+                      "--classifier_cache (or $AGE_TF_CACHE_DIR) to a writable directory to "
+                      "share it between runs.", cache_dir, e.strerror or e, name)
+      trained_now = not tf.io.gfile.exists(os.path.join(name, features.CLASSIFIER_FILE))
+      if trained_now:
+        features.train_classifier(spec, name, verbose=0, **train)
+    with tf.io.gfile.GFile(os.path.join(name, features.CLASSIFIER_INFO)) as f:
       trained = json.load(f)
-    info = {"trained_here": True, "test_accuracy": trained.get("test_accuracy"),
-            "epochs": trained.get("epochs")}
+    info = {"cached": True, "trained_now": trained_now,
+            "test_accuracy": trained.get("test_accuracy"), "epochs": trained.get("epochs")}
   elif name != features.INCEPTION:
     info_path = os.path.join(name, features.CLASSIFIER_INFO)
     if tf.io.gfile.isdir(name) and tf.io.gfile.exists(info_path):
@@ -683,8 +691,12 @@ flags.DEFINE_integer("inpaint_images", _DEFAULT.inpaint_images, "Inpainting: tes
 flags.DEFINE_integer("num_code_samples", _DEFAULT.num_code_samples, "Codes e(g(z)) for the "
                      "code statistics.")
 flags.DEFINE_integer("classifier_epochs", _DEFAULT.classifier_epochs, "digits without "
-                     "--feature_model: epochs of the digits classifier trained once into "
-                     "MODEL_DIR/eval/classifier.")
+                     "--feature_model: epochs of the digits classifier, trained once into "
+                     "--classifier_cache and shared by every run evaluated with it.")
+flags.DEFINE_string("classifier_cache", _DEFAULT.classifier_cache, "Directory of the shared "
+                    "digits classifier (default: $AGE_TF_CACHE_DIR, else "
+                    "$XDG_CACHE_HOME/age_tf, else ~/.cache/age_tf); unwritable: "
+                    "MODEL_DIR/eval/classifier.")
 for _name in SHARED_FLAGS:  # defined by age_tf.config; --help lists them with evaluate's own
   flags.declare_key_flag(_name)
 del _name

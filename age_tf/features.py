@@ -1,12 +1,16 @@
 """Frozen feature models M(x) for GALI-PT and evaluation: a small trained classifier's features, or InceptionV3 pool3."""
 
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
 
 import keras
 import tensorflow as tf
+from absl import logging
 
+import age_tf
 from age_tf import data
 from age_tf import files
 from age_tf.errors import UserError
@@ -98,6 +102,54 @@ def train_classifier(spec, model_dir, *, epochs, batch_size, learning_rate, feat
   files.atomic_write(os.path.join(model_dir, CLASSIFIER_INFO),
                      json.dumps(metrics, indent=2, sort_keys=True) + "\n")
   return metrics
+
+
+def default_cache_dir():
+  """Where shared classifiers are kept: $AGE_TF_CACHE_DIR, else $XDG_CACHE_HOME/age_tf, else
+  ~/.cache/age_tf (read when called, so a process may set it first)."""
+  explicit = os.environ.get("AGE_TF_CACHE_DIR")
+  if explicit:
+    return explicit
+  base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+  return os.path.join(base, "age_tf")
+
+
+@contextlib.contextmanager
+def _exclusive(lock_path):
+  """Holds an exclusive lock on lock_path (a local file) until the block ends."""
+  with open(lock_path, "a") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def cached_classifier(spec, cache_dir, *, epochs, data_dir=None, download=True, **settings):
+  """The classifier of `spec` trained with these settings, from cache_dir or trained into it.
+
+  Returns (its directory, whether this call trained it). One directory per
+  dataset, settings and age_tf version; the first process to need it trains
+  it while holding a lock on it, so processes evaluating at the same time
+  train it once and the others wait for it. Evaluating many runs with the
+  same cached classifier also makes their feature metrics comparable.
+  Raises OSError when cache_dir cannot be created or written.
+  """
+  name = "_".join([f"{spec.name}-{spec.image_size}x{spec.image_size}x{spec.channels}",
+                   f"classifier-v{age_tf.__version__}", f"e{epochs}"] +
+                  [f"{k}{v:g}" if isinstance(v, float) else f"{k}{v}"
+                   for k, v in sorted(settings.items())])
+  path = os.path.join(cache_dir, name)
+  os.makedirs(cache_dir, exist_ok=True)
+  with _exclusive(path + ".lock"):
+    if (tf.io.gfile.exists(os.path.join(path, CLASSIFIER_FILE)) and
+        tf.io.gfile.exists(os.path.join(path, CLASSIFIER_INFO))):
+      return path, False
+    logging.info("Training the %s classifier (%d epochs) into the cache, %s.", spec.name,
+                 epochs, path)
+    train_classifier(spec, path, epochs=epochs, data_dir=data_dir, download=download,
+                     verbose=0, **settings)
+  return path, True
 
 
 # ---------------------------------------------------------------- feature models

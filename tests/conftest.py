@@ -1,8 +1,10 @@
 """Shared fixtures: quiet TensorFlow logs, and one short digits training run reused by several tests."""
 
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 
 import numpy as np
 import pytest
@@ -106,6 +108,23 @@ def digits_run(tmp_path_factory):
                       f"--width={LEARNING_WIDTH}", f"--model_dir={model_dir}")
   assert result.returncode == 0, result.stderr[-5000:]
   return model_dir, result
+
+
+def pytest_configure(config):
+  """One digits-classifier cache for the whole suite (evaluate's default --classifier_cache):
+  the first evaluation that needs the classifier trains it, the others reuse it. Set by the
+  controller before its workers start, so they inherit it; removed at the end."""
+  if hasattr(config, "workerinput") or os.environ.get("AGE_TF_CACHE_DIR"):
+    return
+  config.age_tf_cache_dir = tempfile.mkdtemp(prefix="age_tf_test_cache_")
+  os.environ["AGE_TF_CACHE_DIR"] = config.age_tf_cache_dir
+
+
+def pytest_unconfigure(config):
+  directory = getattr(config, "age_tf_cache_dir", None)
+  if directory:
+    shutil.rmtree(directory, ignore_errors=True)
+    del os.environ["AGE_TF_CACHE_DIR"]
 
 
 # Parallel runs (pytest-xdist): the test order and the scheduler that keeps

@@ -20,6 +20,7 @@ from age_tf.metrics import svm
 
 from conftest import LEARNING_STEPS
 from conftest import run_module
+from conftest import start_module
 
 # Small counts keep the run short (about a minute on a 2-core CPU); the
 # defaults are exercised by the README's commands and benchmarks/quality.py.
@@ -88,7 +89,10 @@ def test_metrics_json_has_every_metric_finite_and_its_sample_counts(evaluated):
   assert settings["svm"]["validation"] == 300 and settings["svm"]["pool"] == 1197
   assert settings["svm"]["grid"]["size"] == 50 and settings["svm"]["test"] == 300
   assert settings["inpaint"]["images"] == 300 and settings["inpaint"]["sampler"] == "uniform"
-  assert report["feature_model"]["trained_here"] and report["feature_model"]["dim"] == 512
+  # The digits classifier of the suite's shared cache (conftest), not one of this run's own.
+  assert report["feature_model"]["cached"] and report["feature_model"]["dim"] == 512
+  assert os.path.dirname(report["feature_model"]["name"]) == os.environ["AGE_TF_CACHE_DIR"]
+  assert not os.path.exists(os.path.join(model_dir, "eval", evaluate.CLASSIFIER_DIR))
   assert len(report["svm"]["errors"]) == 3 and len(report["codes"]["fake_var"]) == 10
   assert "recon/pixel_mse" in result.stdout and "metrics.json" in result.stdout
 
@@ -120,18 +124,70 @@ def test_tensorboard_summaries_under_eval(evaluated):
 def test_untrained_evaluation_reuses_the_cached_classifier(evaluated):
   model_dir, _ = evaluated
   result = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--untrained",
-                      "--metrics=recon")
+                      "--metrics=recon", *FAST_FLAGS)
   assert result.returncode == 0, result.stderr[-5000:]
   with open(os.path.join(model_dir, "eval", "untrained", "metrics.json")) as f:
     untrained = json.load(f)
   with open(os.path.join(model_dir, "eval", str(LEARNING_STEPS), "metrics.json")) as f:
     trained = json.load(f)
   assert untrained["untrained"] and untrained["metrics_computed"] == ["recon"]
-  assert "trained_here" in untrained["feature_model"]
-  assert untrained["seconds"]["feature_model"] < trained["seconds"]["feature_model"]
+  assert not untrained["feature_model"]["trained_now"]
+  assert untrained["feature_model"]["name"] == trained["feature_model"]["name"]
   # The same seeded initial weights as the trained report's baseline.
   assert untrained["metrics"]["recon/pixel_mse"] == pytest.approx(
       trained["metrics"]["recon/untrained_pixel_mse"], rel=1e-4)
+
+
+def test_the_digits_classifier_is_trained_once_and_shared_between_runs(tmp_path):
+  """Two evaluations started together on an empty cache: one trains the classifier, the other
+  waits for it and reuses it (the same features, so the same feature MSE of the same model).
+  Other --classifier_epochs: another classifier. A cache that cannot be created: the run's own
+  copy under MODEL_DIR/eval, with a warning."""
+  trained = run_module("age_tf.train", "--method=age", "--dataset=digits", "--width=4",
+                       "--batch_size=16", "--train_steps=2", "--bn_statistics_images=128",
+                       "--noexport", f"--model_dir={tmp_path / 'trained'}")
+  assert trained.returncode == 0, trained.stderr[-3000:]
+  runs = [copy_run(str(tmp_path / "trained"), tmp_path / f"run{i}") for i in range(4)]
+  cache = tmp_path / "cache"
+
+  def evaluate_args(model_dir, epochs):
+    return (f"--model_dir={model_dir}", "--metrics=recon", f"--classifier_epochs={epochs}")
+
+  def report(model_dir):
+    with open(os.path.join(model_dir, "eval", "2", "metrics.json")) as f:
+      return json.load(f)
+
+  processes = [start_module("age_tf.evaluate", *evaluate_args(d, 1),
+                            f"--classifier_cache={cache}") for d in runs[:2]]
+  for process in processes:
+    _, stderr = process.communicate(timeout=600)
+    assert process.returncode == 0, stderr[-3000:]
+  reports = [report(d) for d in runs[:2]]
+  print([r["feature_model"] for r in reports])
+  assert sorted(r["feature_model"]["trained_now"] for r in reports) == [False, True]
+  names = {r["feature_model"]["name"] for r in reports}
+  assert len(names) == 1 and os.path.dirname(next(iter(names))) == str(cache)
+  assert all(r["feature_model"]["epochs"] == 1 for r in reports)
+  assert not any(os.path.exists(os.path.join(d, "eval", evaluate.CLASSIFIER_DIR))
+                 for d in runs[:2])
+  first, second = (r["metrics"]["recon/feature_mse"] for r in reports)
+  assert first == pytest.approx(second, rel=1e-6)
+  # Other epochs, through $AGE_TF_CACHE_DIR: a second classifier beside the first.
+  result = run_module("age_tf.evaluate", *evaluate_args(runs[2], 2),
+                      env={"AGE_TF_CACHE_DIR": str(cache)})
+  assert result.returncode == 0, result.stderr[-3000:]
+  other = report(runs[2])["feature_model"]
+  assert other["trained_now"] and other["epochs"] == 2 and other["name"] not in names
+  assert len([p for p in os.listdir(cache) if not p.endswith(".lock")]) == 2
+  # A cache directory that cannot be created (its parent is a file).
+  (tmp_path / "a_file").write_text("")
+  result = run_module("age_tf.evaluate", *evaluate_args(runs[3], 1),
+                      env={"AGE_TF_CACHE_DIR": str(tmp_path / "a_file" / "cache")})
+  assert result.returncode == 0, result.stderr[-3000:]
+  assert "Cannot keep the digits classifier in" in result.stderr
+  own = report(runs[3])["feature_model"]
+  assert own["trained_now"] and own["name"] == os.path.join(runs[3], "eval",
+                                                            evaluate.CLASSIFIER_DIR)
 
 
 @pytest.mark.parametrize("args,message", [
@@ -231,6 +287,6 @@ def test_help_lists_every_flag_evaluate_reads():
   listed = {line.split(":")[0].strip().replace("--[no]", "--")
             for line in result.stdout.splitlines() if line.startswith("  --")}
   expected = {"metrics", "checkpoint", "untrained", "eval_batch_size", "num_fid_samples",
-              "svm_repeats", "classifier_epochs"} | set(evaluate.SHARED_FLAGS)
+              "svm_repeats", "classifier_epochs", "classifier_cache"} | set(evaluate.SHARED_FLAGS)
   assert {f"--{name}" for name in expected} <= listed, listed
   assert "--learning_rate" not in listed and "--d_steps" not in listed

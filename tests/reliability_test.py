@@ -22,6 +22,9 @@ from age_tf import checkpointing
 # served statistics (training's figures, evaluate) come from 128 images: the
 # statistics pass is not under test here (inference_statistics_test).
 SMALL = ("--dataset=digits", "--width=4", "--batch_size=16", "--bn_statistics_images=128")
+# Evaluations here read runs, they do not measure them: recon only, with the digits
+# classifier of evaluate_test's settings (trained once into the suite's cache).
+EVALUATE = ("--metrics=recon", "--classifier_epochs=3")
 
 
 def train(model_dir, *args, timeout=600):
@@ -96,7 +99,7 @@ def test_sigkill_at_random_points_then_the_same_command_completes(tmp_path):
   versions = [d for d in os.listdir(os.path.join(model_dir, "export")) if d.isdigit()]
   assert versions and all(os.path.exists(os.path.join(model_dir, "export", v, "saved_model.pb"))
                           for v in versions)
-  evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--metrics=recon")
+  evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", *EVALUATE)
   assert evaluated.returncode == 0, evaluated.stderr[-3000:]
   metrics = json.load(open(os.path.join(model_dir, "eval", "40", "metrics.json")))
   assert np.isfinite(metrics["metrics"]["recon/pixel_mse"])
@@ -432,7 +435,7 @@ def test_a_damaged_newest_checkpoint_is_set_aside_and_training_resumes_from_the_
   _damage(os.path.join(checkpoints, "ckpt-6"), how)
   kept = sorted(os.listdir(checkpoints))
   # evaluate and export on it: one line naming it, exit 2.
-  evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--metrics=recon",
+  evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", *EVALUATE,
                          "--checkpoint=6")
   if how != "index_deleted":  # without its index ckpt-6 is no checkpoint at all
     assert_one_line_error(evaluated, "ckpt-6 does not restore", "damaged")
@@ -474,7 +477,7 @@ def test_evaluate_reads_a_run_that_writes_a_checkpoint_every_step(tmp_path):
   try:
     wait_for(lambda: checkpoint_steps(model_dir), process)
     for _ in range(2):
-      evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", "--metrics=recon")
+      evaluated = run_module("age_tf.evaluate", f"--model_dir={model_dir}", *EVALUATE)
       assert evaluated.returncode == 0, evaluated.stderr[-3000:]
       assert process.poll() is None  # it really ran while checkpoints were being written
     steps = [int(d) for d in os.listdir(os.path.join(model_dir, "eval")) if d.isdigit()]
