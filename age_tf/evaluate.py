@@ -213,7 +213,7 @@ def _feature_model(config, spec, eval_root, settings):
       logging.warning("Cannot keep the digits classifier in %s (%s); using %s instead. Set "
                       "--classifier_cache (or $AGE_TF_CACHE_DIR) to a writable directory to "
                       "share it between runs.", cache_dir, e.strerror or e, name)
-      trained_now = not tf.io.gfile.exists(os.path.join(name, features.CLASSIFIER_FILE))
+      trained_now = not features.classifier_complete(name)
       if trained_now:
         features.train_classifier(spec, name, verbose=0, **train)
     with tf.io.gfile.GFile(os.path.join(name, features.CLASSIFIER_INFO)) as f:

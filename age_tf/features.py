@@ -104,6 +104,11 @@ def train_classifier(spec, model_dir, *, epochs, batch_size, learning_rate, feat
   return metrics
 
 
+def classifier_complete(path):
+  """Whether train_classifier finished writing into path (its model and, last, its JSON)."""
+  return all(tf.io.gfile.exists(os.path.join(path, f)) for f in (CLASSIFIER_FILE, CLASSIFIER_INFO))
+
+
 def default_cache_dir():
   """Where shared classifiers are kept: $AGE_TF_CACHE_DIR, else $XDG_CACHE_HOME/age_tf, else
   ~/.cache/age_tf (read when called, so a process may set it first)."""
@@ -142,8 +147,7 @@ def cached_classifier(spec, cache_dir, *, epochs, data_dir=None, download=True, 
   path = os.path.join(cache_dir, name)
   os.makedirs(cache_dir, exist_ok=True)
   with _exclusive(path + ".lock"):
-    if (tf.io.gfile.exists(os.path.join(path, CLASSIFIER_FILE)) and
-        tf.io.gfile.exists(os.path.join(path, CLASSIFIER_INFO))):
+    if classifier_complete(path):
       return path, False
     logging.info("Training the %s classifier (%d epochs) into the cache, %s.", spec.name,
                  epochs, path)
