@@ -232,8 +232,9 @@ def _feature_model(config, spec, eval_root, settings):
   return model, dict(info, name=name, dim=features.feature_dim(model))
 
 
-def _mask_settings(config, settings):
-  """--mask_* when given, else the run's own, else uniform rectangles up to full size.
+def _mask_settings(config, settings, trained_on_masks):
+  """--mask_* when given, else the run's own (a run trained on masked encoder inputs),
+  else uniform rectangles up to full size.
 
   A central box without --mask_max_size is half the image's side.
   """
@@ -241,7 +242,7 @@ def _mask_settings(config, settings):
     given = getattr(settings, name)
     if given is not None:
       return given
-    own = getattr(config, name, None)  # only runs of a method with masks have them
+    own = getattr(config, name, None) if trained_on_masks else None
     return own if own is not None else default
   sampler = pick("mask_sampler", DEFAULT_MASK_SAMPLER)
   max_size = pick("mask_max_size",
@@ -606,7 +607,7 @@ def evaluate(model_dir, settings=None):
   spec = config_lib.dataset_spec(config)
   names = _requested_metrics(settings, spec)
   settings.check(spec)
-  masks = _mask_settings(config, settings)
+  masks = _mask_settings(config, settings, model.masks_encoder_inputs)
   t = time.perf_counter()
   model, statistics = _served_statistics(model, config, spec, settings)
   report_statistics = dict(statistics.info, seconds=time.perf_counter() - t)

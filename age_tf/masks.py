@@ -1,4 +1,4 @@
-"""Rectangle masks: how they are drawn and applied (GALI-mix's encoder inputs, inpainting, restoration figures)."""
+"""Rectangle masks: how they are drawn and applied (masked encoder inputs, inpainting, restoration figures)."""
 
 import tensorflow as tf
 

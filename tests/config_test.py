@@ -176,8 +176,11 @@ def test_command_line_overrides_flagfile():
      "gali_mix, not to --method=age"),
     ({"method": "gali4", "x_recon_weight": 1.0}, "--x_recon_weight applies to --method=age, "
      "alice, not to --method=gali4"),
-    ({"method": "gali4", "mask_sampler": "central"}, "--mask_sampler applies to "
-     "--method=gali_mix"),
+    ({"method": "age", "mask_sampler": "central"}, "--mask_sampler applies to "
+     "--method=ali, bigan, alice, gali4, gali8, gali_pt, gali_mix, not to --method=age"),
+    ({"method": "gali_mix", "masked_inputs": False}, "--method=gali_mix always masks its "
+     "encoder inputs; drop --nomasked_inputs"),
+    ({"method": "ali", "masked_inputs": True, "mask_max_size": 0}, "--mask_max_size=0 must be"),
     ({"method": "gali4", "d_steps": 5, "simultaneous_updates": True}, "needs --d_steps=1"),
     ({"method": "gali4", "d_steps": 0}, "--d_steps=0 must be a positive"),
     ({"method": "gali_pt"}, "--method=gali_pt needs --feature_model"),
@@ -227,6 +230,9 @@ def test_flags_json_of_older_versions_with_every_method_setting_still_loads(meth
   # What this version writes reads back the same, and names only the method's settings.
   assert set(json.loads(config.to_json())) - set(config_lib.SHARED_NAMES) - {
       "num_train", "steps_per_epoch"} == set(config.method_settings)
+  if method == "gali_mix":  # written before --masked_inputs existed: it masked all along
+    older = config_lib.from_saved({k: v for k, v in old.items() if k != "masked_inputs"})
+    assert older.masked_inputs is None and METHODS[method].always_masked
   with pytest.raises(TypeError, match="does not know: no_such_setting"):
     config_lib.from_saved(dict(old, no_such_setting=1))
 

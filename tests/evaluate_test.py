@@ -290,3 +290,25 @@ def test_help_lists_every_flag_evaluate_reads():
               "svm_repeats", "classifier_epochs", "classifier_cache"} | set(evaluate.SHARED_FLAGS)
   assert {f"--{name}" for name in expected} <= listed, listed
   assert "--learning_rate" not in listed and "--d_steps" not in listed
+
+
+def test_inpainting_fills_holes_as_the_run_was_trained_only_when_it_was_trained_on_masks():
+  """A run trained on masked encoder inputs (GALI-mix, --masked_inputs) is inpainted with its
+  own --mask_*; any other run with uniform full-size rectangles filled with -1 (black),
+  whatever mask settings its flags.json holds; evaluate's own --mask_* win over both."""
+  def masks_of(method, **values):
+    config = config_lib.resolve(dict(method=method, dataset="digits", mask_fill=-1.5,
+                                     mask_max_size=20, **values))
+    model = METHODS[method].create(config)
+    return evaluate._mask_settings(config, evaluate.EvalSettings(), model.masks_encoder_inputs)
+
+  own = dict(sampler="uniform", max_size=20, fill=-1.5)
+  default = dict(sampler="uniform", max_size=32, fill=-1.0)
+  assert masks_of("ali") == default
+  assert masks_of("ali", masked_inputs=True) == own
+  assert masks_of("gali_mix") == own
+  config = config_lib.resolve(dict(method="age", dataset="digits"))
+  assert not METHODS["age"].create(config).masks_encoder_inputs
+  assert evaluate._mask_settings(config, evaluate.EvalSettings(), False) == default
+  given = evaluate.EvalSettings(mask_fill=-0.5)
+  assert evaluate._mask_settings(config, given, False)["fill"] == -0.5

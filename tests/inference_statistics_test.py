@@ -170,18 +170,23 @@ def assert_masked_copies(masked, images, fill):
 
 @pytest.mark.parametrize("method,mode,fraction", [
     ("age", "recompute", None), ("gali4", "recompute", None), ("gali_mix", "recompute", None),
-    ("age", "recompute_shared", 0.5), ("gali4", "recompute_shared", 0.25)])
+    ("ali --masked_inputs", "recompute", None), ("age", "recompute_shared", 0.5),
+    ("gali4", "recompute_shared", 0.25)])
 def test_statistics_are_the_population_moments_of_the_layer_inputs(method, mode, fraction):
   """Every served statistic is the mean and variance of its layer's inputs over the calibration
-  inputs; GALI-mix's encoder inputs are the calibration images masked as in training."""
+  inputs; the encoder inputs of a run trained on masked ones (GALI-mix, --masked_inputs) are
+  the calibration images masked as in training."""
+  method, *masked = method.split()
   config, model = build(method, np.random.default_rng(2), bn_statistics=mode,
-                        bn_statistics_prior_fraction=fraction or 0.5)
+                        bn_statistics_prior_fraction=fraction or 0.5,
+                        **({"masked_inputs": True} if masked else {}))
   settings = inference_statistics.settings_of(config)
   calibration = inference_statistics.calibration_for(config, settings)
   assert len(calibration.images) == IMAGES
   served, info = inference_statistics.prepare(model, config, settings, calibration)
   images = calibration.images.astype(np.float32) / 127.5 - 1.0
-  if method == "gali_mix":
+  assert model.masks_encoder_inputs == (method == "gali_mix" or bool(masked))
+  if model.masks_encoder_inputs:
     masked = inference_statistics.encoder_inputs(model, calibration, settings.seed)
     assert_masked_copies(masked, images, config.mask_fill)
     assert config.mask_fill == -2.0 and info["encoder_inputs"].startswith("training images, masked")

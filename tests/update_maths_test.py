@@ -36,6 +36,7 @@ The restatement reuses the step's draws, in the order the step makes them
   GALI-8:    z, eps of E(x), of E(x'), of E(f).
   GALI-mix:  z, then per encoder input x, r, mix, G(z): its mask (four
              uniform (B,) draws: height, width, top, left) and its eps.
+  --masked_inputs: each encoder call draws its mask (as GALI-mix's) before its eps.
   Then the instance noise: one normal (K, B, H, W, C) draw per image position
   of the signature, row k for class k.
 A 5:1 step makes its discriminator updates' draws first, in order, then the
@@ -486,7 +487,10 @@ def spec_tuples(method, model, x, draws):
   G = lambda codes: model.generator(codes, training=True)
   M = lambda images: model.feature_model(images, training=False)
 
-  def E(images):
+  def E(images, masks=None):
+    if cfg.masked_inputs:  # a fresh rectangle per image and call, drawn before eps
+      masks = spec_masks(draws, batch, cfg) if masks is None else masks
+      images = tf.where(masks, tf.cast(cfg.mask_fill, tf.float32), images)
     outputs = model.encoder(images, training=True)
     if method == "bigan":  # deterministic
       assert outputs.shape[-1] == LATENT
@@ -520,11 +524,11 @@ def spec_tuples(method, model, x, draws):
     fr = G(ef)
     return [[x, e, xr, er], [x, er, xr, e], [xr, e, x, er], [xr, er, x, e],
             [f, z, fr, ef], [f, ef, fr, z], [fr, z, f, ef], [fr, ef, f, z]], e
-  assert method == "gali_mix"
+  assert method == "gali_mix" and cfg.masked_inputs
 
   def masked_code(images):
     masks = spec_masks(draws, batch, cfg)
-    return E(tf.where(masks, tf.cast(cfg.mask_fill, tf.float32), images)), masks
+    return E(images, masks), masks
 
   z1, m1 = masked_code(x)
   r = G(z1)
@@ -642,6 +646,17 @@ def test_simultaneous_updates(method, feature_model_path):
   """Every method's 1:1 step: the K-way cross-entropy for D, the product objective for
   E and G (ALICE: plus its reconstruction), instance noise per class and image."""
   simultaneous_step(method, feature_model_path)
+
+
+@pytest.mark.parametrize("method", ["ali", "alice", "gali4"])
+def test_masked_encoder_inputs(method):
+  """--masked_inputs (the paper's inpainting baselines): every encoder input of the tuples
+  (ALICE's reconstruction term included) is masked to --mask_fill, a fresh rectangle per
+  image and call; the rest of the step is the method's."""
+  model, log = ali_model(method, masked_inputs=True, mask_fill=-1.5, simultaneous_updates=True,
+                         d_steps=1)
+  assert model.masks_encoder_inputs
+  check_simultaneous_step(method, model, log, f"{method} masked")
 
 
 @pytest.mark.parametrize("objective", ["minimax", "misclassification"])

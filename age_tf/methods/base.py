@@ -348,6 +348,9 @@ class BidirectionalModel(keras.Model):
 
   # What encoder_training_inputs gives, in words (the served statistics' description).
   encoder_training_inputs_note = "training images"
+  # Whether training masks the encoder's inputs (evaluate's inpainting then fills
+  # holes with the run's own --mask_fill).
+  masks_encoder_inputs = False
 
   def encoder_training_inputs(self, images, rng):
     """`images` as training feeds them to the encoder (rng: any draws, with .uniform(shape)).

@@ -53,16 +53,23 @@ FEATURE_SETTINGS = (
             "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5).", default=""),
 )
 MASK_SETTINGS = (
-    Setting("mask_sampler", "enum", "GALI-mix encoder masks: uniform rectangles (height and "
-            "width uniform in 0..--mask_max_size, placed to fit; the default), authors (their "
-            "sampler, horizontal range from the height), or central squares of "
-            "--mask_max_size.", default="uniform", choices=MASK_SAMPLERS),
-    Setting("mask_max_size", "integer", "GALI-mix: largest mask side (default: the image "
+    Setting("mask_sampler", "enum", "Encoder masks (GALI-mix, --masked_inputs): uniform "
+            "rectangles (height and width uniform in 0..--mask_max_size, placed to fit; the "
+            "default), authors (their sampler, horizontal range from the height), or central "
+            "squares of --mask_max_size.", default="uniform", choices=MASK_SAMPLERS),
+    Setting("mask_max_size", "integer", "Encoder masks: largest mask side (default: the image "
             "size, as the paper).", positive=True),
-    Setting("mask_fill", "float", "GALI-mix: the value masked pixels of every encoder input "
-            "take (default -2, the authors': outside the image range [-1, 1], so the encoder "
-            "can tell a hole from black pixels; -1 is black).", default=-2.0),
+    Setting("mask_fill", "float", "Encoder masks: the value masked pixels of every encoder "
+            "input take (default -2, the GALI authors': outside the image range [-1, 1], so "
+            "the encoder can tell a hole from black pixels; -1 is black).", default=-2.0),
 )
+# The paper's inpainting baselines (ALI, ALICE and GALI-4 "augmented with masked
+# inputs") see the masks GALI-mix sees; GALI-mix always does.
+MASKED_INPUT_SETTINGS = (
+    Setting("masked_inputs", "bool", "Mask every encoder input in training as GALI-mix does "
+            "(--mask_*; a fresh rectangle per image and call): the GALI paper's inpainting "
+            "baselines. Default off; GALI-mix always masks."),
+) + MASK_SETTINGS
 
 # The authors' schedules (docs/faithfulness.md): batch 100, latent 256, N(0, I).
 _SVHN = dict(batch_size=100, latent_dim=256, width=32, prior="gaussian", learning_rate=2e-4,
@@ -104,7 +111,10 @@ class AdversarialInference(base.BidirectionalModel):
   class_names = ()
   stochastic_encoder = True
   num_logits = None  # default: one per class
-  settings = FAMILY_SETTINGS
+  settings = FAMILY_SETTINGS + MASKED_INPUT_SETTINGS
+  # Whether the encoder's training inputs are always masked (GALI-mix), whatever
+  # --masked_inputs says.
+  always_masked = False
 
   def __init__(self, config, encoder, generator, discriminator, feature_model=None):
     super().__init__(config, encoder, generator)
@@ -166,7 +176,7 @@ class AdversarialInference(base.BidirectionalModel):
   @classmethod
   def method_defaults(cls, spec):
     """What this method sets on top of the family's schedule for the dataset."""
-    return {}
+    return {"masked_inputs": cls.always_masked}
 
   @classmethod
   def check_settings(cls, values):
@@ -174,6 +184,14 @@ class AdversarialInference(base.BidirectionalModel):
       raise UserError(f"--simultaneous_updates takes both gradients from one forward pass, "
                       f"so it needs --d_steps=1 (got {values['d_steps']}); use --d_steps=1 or "
                       "--nosimultaneous_updates.")
+    if cls.always_masked and values["masked_inputs"] is False:
+      raise UserError(f"--method={cls.method_name} always masks its encoder inputs; drop "
+                      "--nomasked_inputs.")
+    if values["mask_max_size"] is None:
+      values["mask_max_size"] = values["image_size"]
+    if not 0 < values["mask_max_size"] <= values["image_size"]:
+      raise UserError(f"--mask_max_size={values['mask_max_size']} must be in 1.."
+                      f"{values['image_size']} (the image size).")
 
   # -- the contract --------------------------------------------------------
 
@@ -233,8 +251,38 @@ class AdversarialInference(base.BidirectionalModel):
     outputs = self.encoder(images, training=training)
     return outputs[:, :self.latent_dim] if self.stochastic_encoder else outputs
 
-  def sample_codes(self, images):
-    """E(x) in training: mu + exp(log sigma) * eps with fresh eps for each call."""
+  @property
+  def masks_encoder_inputs(self):
+    # Runs saved before --masked_inputs existed have None: GALI-mix masked, the others not.
+    return self.always_masked or bool(self.config.masked_inputs)
+
+  def masks(self, batch_size, rng=None):
+    """Encoder masks (B, H, W, 1) of --mask_* (rng: the step's draws unless given)."""
+    cfg = self.config
+    return masks_lib.sample(rng or self.random, batch_size, cfg.image_size, cfg.mask_max_size,
+                            cfg.mask_sampler)
+
+  @property
+  def encoder_training_inputs_note(self):
+    if self.masks_encoder_inputs:
+      return "training images, masked as in training (--mask_*)"
+    return super().encoder_training_inputs_note
+
+  def encoder_training_inputs(self, images, rng):
+    if not self.masks_encoder_inputs:
+      return images
+    return masks_lib.apply(images, self.masks(int(images.shape[0]), rng), self.config.mask_fill)
+
+  def sample_codes(self, images, masks=None):
+    """E(x) in training: mu + exp(log sigma) * eps with fresh eps for each call.
+
+    With masked encoder inputs the encoder sees `images` masked by `masks`
+    (drawn afresh, before eps, when not given).
+    """
+    if self.masks_encoder_inputs:
+      if masks is None:
+        masks = self.masks(tf.shape(images)[0])
+      images = masks_lib.apply(images, masks, self.config.mask_fill)
     outputs = self.encoder(images, training=True)
     if not self.stochastic_encoder:
       return outputs
@@ -428,12 +476,13 @@ class ALICE(ALI):
   """ALICE (Li et al. 2017): ALI plus w * mean squared error between x and G(E(x))."""
 
   method_name = "alice"
-  settings = FAMILY_SETTINGS + ALICE_SETTINGS
+  settings = FAMILY_SETTINGS + MASKED_INPUT_SETTINGS + ALICE_SETTINGS
 
   @classmethod
   def method_defaults(cls, spec):
     # The authors' weights: 1 for SVHN (and our 32x32 sets), 0.02 for CelebA.
-    return dict(x_recon_weight=0.02 if spec.image_size == 64 else 1.0, x_recon_loss="l2")
+    return dict(super().method_defaults(spec),
+                x_recon_weight=0.02 if spec.image_size == 64 else 1.0, x_recon_loss="l2")
 
   def extra_metric_names(self):
     return ("generator_encoder/x_recon",)
@@ -495,7 +544,7 @@ class GALIPT(GALI4):
 
   method_name = "gali_pt"
   signature = ("x", "z", "y")
-  settings = FAMILY_SETTINGS + FEATURE_SETTINGS
+  settings = FAMILY_SETTINGS + MASKED_INPUT_SETTINGS + FEATURE_SETTINGS
 
   @classmethod
   def check_settings(cls, values):
@@ -529,31 +578,11 @@ class GALIMix(AdversarialInference):
 
   method_name = "gali_mix"
   class_names = ("x_z1", "x_z2", "r_z3", "mix_z1", "gz_z", "gzf_z", "mix_z2", "x_z3")
-  settings = FAMILY_SETTINGS + MASK_SETTINGS
-
-  @classmethod
-  def check_settings(cls, values):
-    super().check_settings(values)
-    if values["mask_max_size"] is None:
-      values["mask_max_size"] = values["image_size"]
-    if not 0 < values["mask_max_size"] <= values["image_size"]:
-      raise UserError(f"--mask_max_size={values['mask_max_size']} must be in 1.."
-                      f"{values['image_size']} (the image size).")
-
-  def masks(self, batch_size, rng=None):
-    """The training masks (rng: the step's draws unless given)."""
-    cfg = self.config
-    return masks_lib.sample(rng or self.random, batch_size, cfg.image_size, cfg.mask_max_size,
-                            cfg.mask_sampler)
-
-  encoder_training_inputs_note = "training images, masked as in training (--mask_*)"
-
-  def encoder_training_inputs(self, images, rng):
-    return masks_lib.apply(images, self.masks(int(images.shape[0]), rng), self.config.mask_fill)
+  always_masked = True
 
   def masked_codes(self, images):
     masks = self.masks(tf.shape(images)[0])
-    return self.sample_codes(masks_lib.apply(images, masks, self.config.mask_fill)), masks
+    return self.sample_codes(images, masks), masks
 
   def tuples(self, x):
     z = self.sample_prior(tf.shape(x)[0])
