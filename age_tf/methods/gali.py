@@ -52,7 +52,12 @@ FEATURE_SETTINGS = (
     Setting("inception_weights", "string", "Local file of Keras InceptionV3 no-top weights "
             "(inception_v3_weights_tf_dim_ordering_tf_kernels_notop.h5).", default=""),
 )
-MASK_SETTINGS = (
+# Masked encoder inputs: GALI-mix always; the other methods with --masked_inputs
+# (the paper's inpainting baselines: ALI, ALICE and GALI-4 "augmented with masked inputs").
+MASKED_INPUT_SETTINGS = (
+    Setting("masked_inputs", "bool", "Mask every encoder input in training as GALI-mix does "
+            "(--mask_*; a fresh rectangle per image and call): the GALI paper's inpainting "
+            "baselines. Default off; GALI-mix always masks."),
     Setting("mask_sampler", "enum", "Encoder masks (GALI-mix, --masked_inputs): uniform "
             "rectangles (height and width uniform in 0..--mask_max_size, placed to fit; the "
             "default), authors (their sampler, horizontal range from the height), or central "
@@ -63,13 +68,6 @@ MASK_SETTINGS = (
             "input take (default -2, the GALI authors': outside the image range [-1, 1], so "
             "the encoder can tell a hole from black pixels; -1 is black).", default=-2.0),
 )
-# The paper's inpainting baselines (ALI, ALICE and GALI-4 "augmented with masked
-# inputs") see the masks GALI-mix sees; GALI-mix always does.
-MASKED_INPUT_SETTINGS = (
-    Setting("masked_inputs", "bool", "Mask every encoder input in training as GALI-mix does "
-            "(--mask_*; a fresh rectangle per image and call): the GALI paper's inpainting "
-            "baselines. Default off; GALI-mix always masks."),
-) + MASK_SETTINGS
 
 # The authors' schedules (docs/faithfulness.md): batch 100, latent 256, N(0, I).
 _SVHN = dict(batch_size=100, latent_dim=256, width=32, prior="gaussian", learning_rate=2e-4,
