@@ -87,6 +87,8 @@ class EvalSettings:
   svm_per_class: int | None = None
   svm_validation: int | None = None
   svm_grid_size: int | None = None
+  svm_hidden_layers: int = svm.HIDDEN_LAYERS
+  svm_features: str = "activations"  # one of svm.FEATURE_POINTS
   inpaint_images: int | None = None
   num_code_samples: int = 1000
   classifier_epochs: int = 10
@@ -117,11 +119,14 @@ class EvalSettings:
     """Refuses bad counts before any work (the per-dataset defaults resolve first)."""
     for name in ("num_fid_samples", "svm_per_class", "svm_validation", "svm_grid_size"):
       self.count(name, spec)
-    for name in ("eval_batch_size", "svm_repeats", "num_code_samples", "classifier_epochs",
-                 "kid_block_size", "inpaint_images"):
+    for name in ("eval_batch_size", "svm_repeats", "svm_hidden_layers", "num_code_samples",
+                 "classifier_epochs", "kid_block_size", "inpaint_images"):
       value = getattr(self, name)
       if value is not None and value <= 0:
         raise UserError(f"--{name}={value} must be positive.")
+    if self.svm_features not in svm.FEATURE_POINTS:
+      raise UserError(f"--svm_features={self.svm_features}: use one of "
+                      f"{', '.join(svm.FEATURE_POINTS)}.")
     if self.kid_block_size == 1:
       raise UserError("--kid_block_size=1 leaves no pairs within a block; use 2 or more.")
 
@@ -396,6 +401,15 @@ class ClassifierDistances(Metric):
         "kid_std": "standard error over blocks, as TF-GAN"})
 
 
+def _svm_hidden_layers(model, settings):
+  """The encoder layers --svm_hidden_layers names; refuses a count the encoder lacks."""
+  try:
+    return svm.hidden_layers(model.encoder, settings.svm_hidden_layers)
+  except ValueError as e:
+    raise UserError(f"--svm_hidden_layers={settings.svm_hidden_layers}: {e} Use a smaller "
+                    "value.") from e
+
+
 class LinearSVM(Metric):
   """The papers' linear SVM on encoder features: test error over fresh labelled sets."""
   name = "svm"
@@ -414,7 +428,10 @@ class LinearSVM(Metric):
     if validation >= len(train_y):
       raise UserError(f"--svm_validation={validation} leaves no pool of the {len(train_y)} "
                       "training images; use a smaller value.")
-    featurize_images = svm.encoder_features(run.model, batch_size=settings.eval_batch_size)
+    hidden = _svm_hidden_layers(run.model, settings)
+    featurize_images = svm.encoder_features(run.model, settings.svm_hidden_layers,
+                                            settings.svm_features,
+                                            batch_size=settings.eval_batch_size)
     try:
       result = svm.linear_svm_error(
           train_x[:-validation], train_y[:-validation], train_x[-validation:],
@@ -426,9 +443,9 @@ class LinearSVM(Metric):
     described = {k: result[k] for k in (
         "per_class", "labelled", "repeats", "pool", "validation", "test", "grid",
         "feature_dim", "fits", "unconverged_fits")}
-    described["features"] = ("encoder's last 3 hidden layers ("
-                             + ", ".join(l.name for l in svm.hidden_layers(run.model.encoder))
-                             + ") + code mean")
+    point = "their inputs" if settings.svm_features == "pre_activations" else "their outputs"
+    described["features"] = (f"encoder's last {len(hidden)} hidden layers ("
+                             + ", ".join(l.name for l in hidden) + f"; {point}) + code mean")
     return Result({"svm/error": result["error"], "svm/error_std": result["error_std"]},
                   described,
                   {"svm": {"errors": result["errors"], "c": result["c"],
@@ -608,6 +625,8 @@ def evaluate(model_dir, settings=None):
   names = _requested_metrics(settings, spec)
   settings.check(spec)
   masks = _mask_settings(config, settings, model.masks_encoder_inputs)
+  if "svm" in names:
+    _svm_hidden_layers(model, settings)  # before any work
   t = time.perf_counter()
   model, statistics = _served_statistics(model, config, spec, settings)
   report_statistics = dict(statistics.info, seconds=time.perf_counter() - t)
@@ -687,6 +706,13 @@ flags.DEFINE_integer("svm_validation", _DEFAULT.svm_validation, "SVM: the last t
                      "pool (default: the papers' 10000; digits 300).")
 flags.DEFINE_integer("svm_grid_size", _DEFAULT.svm_grid_size, "SVM: number of C values in "
                      "exp(linspace(-20, 20, N)) (default: the papers' 50).")
+flags.DEFINE_integer("svm_hidden_layers", _DEFAULT.svm_hidden_layers, "SVM: the encoder's "
+                     "last N hidden layers in the features, beside the code mean (the papers' "
+                     "3; the ALI authors' feature script reads 5).")
+flags.DEFINE_enum("svm_features", _DEFAULT.svm_features, svm.FEATURE_POINTS, "SVM: read each "
+                  "hidden layer after its nonlinearity (activations: the papers' text) or "
+                  "before it (pre_activations: the BatchNorm outputs the GALI authors' "
+                  "encoders return).")
 flags.DEFINE_integer("inpaint_images", _DEFAULT.inpaint_images, "Inpainting: test images to "
                      "mask (default: all).")
 flags.DEFINE_integer("num_code_samples", _DEFAULT.num_code_samples, "Codes e(g(z)) for the "

@@ -193,6 +193,9 @@ def test_the_digits_classifier_is_trained_once_and_shared_between_runs(tmp_path)
 @pytest.mark.parametrize("args,message", [
     ((), "has no trained model"),  # a model_dir with no checkpoint
     (("--untrained", "--metrics=recon,bogus"), "unknown metric"),
+    (("--untrained", "--svm_hidden_layers=0"), "must be positive"),
+    # AGE's digits encoder has 3 hidden nonlinearities: refused before any work.
+    (("--untrained", "--metrics=svm", "--svm_hidden_layers=5"), "--svm_hidden_layers=5"),
 ])
 def test_bad_input_prints_one_error_line_and_exits_2(tmp_path, args, message):
   model_dir = tmp_path / "run"
@@ -221,6 +224,32 @@ def test_svm_features_are_the_last_three_hidden_layers_and_the_mean(method, dim)
   assert features.shape == (3, dim)
   np.testing.assert_allclose(features[:, -config.latent_dim:], model.encode(images).numpy(),
                              rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("method,count,dim,slope", [
+    ("age", 3, 16 * 16 * 16 + 8 * 8 * 32 + 4 * 4 * 64 + 10, 0.2),  # the DCGAN slope
+    # The ALI authors' reading: bn2 13x13x16, bn3 10x10x32, bn4 4x4x64, bn5 128, bn6 128, M = 8;
+    # the ALI networks' 32x32 slope.
+    ("gali4", 5, 13 * 13 * 16 + 10 * 10 * 32 + 4 * 4 * 64 + 128 + 128 + 8, 0.01),
+])
+def test_svm_pre_activation_features_are_what_the_nonlinearities_receive(method, count, dim,
+                                                                         slope):
+  """--svm_features=pre_activations reads each hidden layer before its LeakyReLU: applying
+  that LeakyReLU (restated in numpy, with the layer's slope) gives the default features."""
+  config = config_lib.resolve({"method": method, "dataset": "digits", "model_dir": "/unused"})
+  model = METHODS[method].create(config)
+  images = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 1)).astype(np.float32)
+  pre = svm.encoder_features(model, count, "pre_activations")(images)
+  post = svm.encoder_features(model, count, "activations")(images)
+  assert pre.shape == post.shape == (3, dim)
+  hidden = pre[:, :dim - config.latent_dim]
+  assert (hidden < 0).mean() > 0.2  # the two readings differ
+  np.testing.assert_allclose(np.where(hidden > 0, hidden, slope * hidden),
+                             post[:, :dim - config.latent_dim], rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(pre[:, -config.latent_dim:], model.encode(images).numpy(),
+                             rtol=1e-5, atol=1e-6)
+  with pytest.raises(ValueError, match="hidden nonlinearity layers"):
+    svm.hidden_layers(model.encoder, 7)
 
 
 def test_one_metric_runs_its_unit_alone_with_the_settings_given(digits_run, tmp_path):

@@ -6,7 +6,9 @@ of `per_class` examples per class are drawn from a train pool; for each, a
 scikit-learn LinearSVC (squared hinge, L2 penalty, one-vs-rest) is fitted
 for every C in exp(linspace(-20, 20, 50)) and the C with the lowest
 validation error is kept; its test error is recorded. `repeats` fresh
-labelled sets give the mean and std of the test error.
+labelled sets give the mean and std of the test error. `encoder_features`
+also reads other counts of hidden layers, and each one before its
+nonlinearity (the authors' code's readings; docs/faithfulness.md).
 
 Speed, without changing any result: with n labelled examples in D > n
 dimensions, the SVM's weight vector lies in the span of the n examples, so
@@ -41,6 +43,10 @@ PAPER_GRID_SIZE = 50
 PAPER_PER_CLASS = 100
 PAPER_REPEATS = 100
 HIDDEN_LAYERS = 3
+# Where each hidden layer is read: its nonlinearity's output (the papers' text,
+# age_tf's default) or its input, the BatchNorm output (what the GALI authors'
+# encoders return beside the code, and what the ALI authors' feature script reads).
+FEATURE_POINTS = ("activations", "pre_activations")
 # Successive fits closer than this (relative norm of the weights and
 # intercepts) mean the grid has reached the hard-margin limit.
 SATURATION = 1e-5
@@ -224,12 +230,16 @@ def hidden_layers(encoder, count=HIDDEN_LAYERS):
   return found[-count:]
 
 
-def encoder_features(model, count=HIDDEN_LAYERS, batch_size=inputs.DEFAULT_BATCH_SIZE):
+def encoder_features(model, count=HIDDEN_LAYERS, point="activations",
+                     batch_size=inputs.DEFAULT_BATCH_SIZE):
   """A function images -> (N, D) float32 numpy features: the last `count` hidden layers
-  (flattened) and the code mean model.encode(x), concatenated; inference mode."""
+  (flattened; read at `point`, one of FEATURE_POINTS) and the code mean
+  model.encode(x), concatenated; inference mode."""
+  if point not in FEATURE_POINTS:
+    raise ValueError(f"feature point {point!r} is not one of {', '.join(FEATURE_POINTS)}")
   layers = hidden_layers(model.encoder, count)
-  hidden = keras.Model(model.encoder.inputs, [layer.output for layer in layers],
-                       name="encoder_hidden")
+  read = [layer.output if point == "activations" else layer.input for layer in layers]
+  hidden = keras.Model(model.encoder.inputs, read, name="encoder_hidden")
 
   @tf.function
   def run(images):
