@@ -235,7 +235,8 @@ def test_svm_features_are_the_last_three_hidden_layers_and_the_mean(method, dim)
 def test_svm_pre_activation_features_are_what_the_nonlinearities_receive(method, count, dim,
                                                                          slope):
   """--svm_features=pre_activations reads each hidden layer before its LeakyReLU: applying
-  that LeakyReLU (restated in numpy, with the layer's slope) gives the default features."""
+  that LeakyReLU (restated in numpy, with the networks' specified slope) gives the default
+  features."""
   config = config_lib.resolve({"method": method, "dataset": "digits", "model_dir": "/unused"})
   model = METHODS[method].create(config)
   images = np.random.default_rng(0).uniform(-1, 1, size=(3, 32, 32, 1)).astype(np.float32)
@@ -250,6 +251,8 @@ def test_svm_pre_activation_features_are_what_the_nonlinearities_receive(method,
                              rtol=1e-5, atol=1e-6)
   with pytest.raises(ValueError, match="hidden nonlinearity layers"):
     svm.hidden_layers(model.encoder, 7)
+  with pytest.raises(ValueError, match="at least 1"):
+    svm.hidden_layers(model.encoder, 0)
 
 
 def test_one_metric_runs_its_unit_alone_with_the_settings_given(digits_run, tmp_path):

@@ -221,6 +221,8 @@ def hidden_layers(encoder, count=HIDDEN_LAYERS):
   Both the AGE DCGAN encoder and the ALI encoder end every hidden layer with
   a LeakyReLU; the output layer has none (ALI) or is not a hidden layer.
   """
+  if count < 1:
+    raise ValueError(f"The SVM features need at least 1 hidden layer, not {count}.")
   outputs = {id(t) for t in encoder.outputs}
   found = [layer for layer in encoder.layers
            if isinstance(layer, _ACTIVATIONS) and id(layer.output) not in outputs]
