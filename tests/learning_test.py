@@ -49,7 +49,7 @@ from conftest import LEARNING_WIDTH, run_module
 
 @pytest.fixture(scope="module")
 def digits_run_bfloat16(tmp_path_factory):
-  """conftest.digits_run's command with --mixed_precision=bfloat16 (about 70 CPU-seconds)."""
+  """conftest.digits_run's command with --mixed_precision=bfloat16 (about 50 CPU-seconds)."""
   if not base.native_bfloat16():
     pytest.skip("no native bfloat16 here (no AVX512_BF16/AMX CPU, no GPU of compute "
                 "capability 8.0+): emulated, the run would take about half an hour")
