@@ -1,6 +1,6 @@
 """Trains every method on digits, evaluates each, prints one markdown table.
 
-    python benchmarks/quality.py                         # 920 steps (digits' 40 epochs), all methods
+    python benchmarks/quality.py                         # 920 steps (AGE's digits default), all methods
     python benchmarks/quality.py --train_steps=200 --svm_repeats=20 --methods=age,gali4
     python benchmarks/quality.py --budgets=gali4:4000,ali:4000 --seeds=123,124
     python benchmarks/quality.py --methods=gali4 --train_args=--width=16 --work_dir=/tmp/wide
@@ -61,8 +61,9 @@ from age_tf.metrics import inpainting
 from age_tf.metrics import reconstruction
 from age_tf.metrics import svm
 
-flags.DEFINE_integer("train_steps", 920, "Training steps of every method (digits' default "
-                     "run is 40 epochs: 920 steps).")
+flags.DEFINE_integer("train_steps", 920, "Training steps of every method (AGE's digits "
+                     "default, 40 epochs; the ALI family's are 2,001, GALI-8's 4,002 and "
+                     "GALI-4's 5,014).")
 flags.DEFINE_list("budgets", [], "Per-method training steps, METHOD:STEPS (overrides "
                   "--train_steps for that method).")
 flags.DEFINE_list("seeds", ["123"], "--seed of the training runs (the first for methods not "

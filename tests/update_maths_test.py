@@ -671,15 +671,16 @@ def test_objective_variants(objective):
 def test_five_to_one_updates(method):
   """d_steps=5: five D updates, each on its own batch with E and G fixed, from the weights
   the previous one left; then one E-G update on the sixth batch. Mid-run (epoch 3 of the
-  digits default 87) so the noise is that epoch's."""
+  method's digits default: ALI 87, GALI-8 174) so the noise is that epoch's."""
   model, log = ali_model(method, d_steps=5, simultaneous_updates=False)
   cfg = model.config
   assert model.batches_per_step == 6
+  epochs = {"ali": 87, "gali8": 174}[method]
   done = 2 * cfg.steps_per_epoch + 5  # generator-encoder updates so far: epoch 3
   model.generator_encoder_optimizer.iterations.assign(done)
   noise_std = spec_noise_std(cfg, done)
-  assert cfg.train_steps == 87 * cfg.steps_per_epoch
-  assert noise_std == pytest.approx(cfg.instance_noise * (87 - 3) / 87)
+  assert cfg.train_steps == epochs * cfg.steps_per_epoch
+  assert noise_std == pytest.approx(cfg.instance_noise * (epochs - 3) / epochs)
   images = real_batches(6)
   step = run_step(model, log, images, step=done)
   assert [u.optimizer for u in step.updates] == (
@@ -712,7 +713,7 @@ def test_five_to_one_updates(method):
   check_metric(step, "generator_encoder/loss", losses["generator_encoder"], method)
 
 
-def test_instance_noise_schedule():
+def test_instance_noise_schedule(feature_model_path):
   """Linear: instance_noise * (N - e) / N in epoch e = 1..N, constant within an epoch."""
   values = dict(method="gali4", dataset="digits", latent_dim=LATENT, width=WIDTH,
                 batch_size=64, seed=SEED, instance_noise=0.2)
@@ -723,11 +724,19 @@ def test_instance_noise_schedule():
     assert float(model.noise_std()) == pytest.approx(0.2 * (10 - epoch) / 10, abs=1e-7), update
   model.generator_encoder_optimizer.iterations.assign(229)
   assert float(model.noise_std()) == 0.0  # the last epoch has none
-  # The digits default: 87 epochs, 0.1 * 86 / 87 in the first.
+  # The digits defaults: 0.1 * (N - 1) / N in the first of N epochs, N = 87 for the
+  # family and the method's own length where it sets one (GALI-4 218, GALI-8 174; not
+  # GALI-PT, whose chains are GALI-4's).
   del values["instance_noise"]
-  model = METHODS["gali4"].create(config_lib.resolve(dict(values, batch_size=8)))
-  assert model.config.instance_noise == 0.1 and model.config.epochs == 87
-  assert float(model.noise_std()) == pytest.approx(0.1 * 86 / 87)
+  for method, epochs in [("ali", 87), ("bigan", 87), ("alice", 87), ("gali4", 218),
+                         ("gali8", 174), ("gali_pt", 87), ("gali_mix", 87)]:
+    extra = {"feature_model": feature_model_path} if method == "gali_pt" else {}
+    config = config_lib.resolve(dict(values, method=method, batch_size=8, **extra))
+    assert config.instance_noise == 0.1 and config.epochs == epochs, method
+    assert config.train_steps == epochs * config.steps_per_epoch, method
+    if method == "gali4":
+      model = METHODS["gali4"].create(config)
+      assert float(model.noise_std()) == pytest.approx(0.1 * (epochs - 1) / epochs)
 
 
 def test_instance_noise_is_its_own_draw_for_every_class_and_image():
