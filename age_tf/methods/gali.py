@@ -81,11 +81,9 @@ _CELEBA_GALI = dict(_CELEBA, learning_rate=4e-5)
 # M = 8, batch 64, the simultaneous 1:1 schedule of GALI-4 (which needs a
 # sixth of the images per generator-encoder update that 5:1 needs), the
 # authors' SVHN rate 2e-4, with which GALI-4 reconstructs each image's own
-# digit (at 5e-4 its reconstructions were near another image's), and 87
-# epochs (2,001 steps) unless the method sets its own `digits_epochs`: by
-# then every method reconstructs each image's own digit, and ALI's codes
-# stop gaining the class.
-_DIGITS = dict(_SVHN_SIMULTANEOUS, batch_size=64, latent_dim=8, width=8, epochs=87)
+# digit (at 5e-4 its reconstructions were near another image's); each
+# method's `digits_epochs` sets the length.
+_DIGITS = dict(_SVHN_SIMULTANEOUS, batch_size=64, latent_dim=8, width=8)
 
 
 class AdversarialInference(base.BidirectionalModel):
@@ -113,9 +111,10 @@ class AdversarialInference(base.BidirectionalModel):
   # Whether the encoder's training inputs are always masked (GALI-mix), whatever
   # --masked_inputs says.
   always_masked = False
-  # The method's digits length when it needs longer than the family's 87
-  # epochs for its codes to pass raw pixels on the SVM protocol.
-  digits_epochs = None
+  # The digits length: 87 epochs (2,001 steps), by when every method
+  # reconstructs each image's own digit and ALI's codes stop gaining the class;
+  # longer for methods whose codes need it to pass raw pixels on the SVM protocol.
+  digits_epochs = 87
 
   def __init__(self, config, encoder, generator, discriminator, feature_model=None):
     super().__init__(config, encoder, generator)
@@ -162,8 +161,7 @@ class AdversarialInference(base.BidirectionalModel):
   def paper_defaults(cls, spec):
     """The authors' schedule for the dataset (their training scripts), or ours for digits."""
     if spec.name == "digits":
-      table = dict(_DIGITS, epochs=cls.digits_epochs or _DIGITS["epochs"])
-      return dict(table, **cls.method_defaults(spec))
+      return dict(_DIGITS, epochs=cls.digits_epochs, **cls.method_defaults(spec))
     if spec.image_size == 64:
       table = _CELEBA_GALI if cls.method_name.startswith("gali") else _CELEBA
       if cls.method_name == "gali_pt":
@@ -552,7 +550,7 @@ class GALIPT(GALI4):
 
   method_name = "gali_pt"
   signature = ("x", "z", "y")
-  digits_epochs = None  # GALI-4's chains, but its features pass raw pixels by 2,000 steps
+  digits_epochs = 87  # GALI-4's chains, but its features pass raw pixels by 2,000 steps
   settings = FAMILY_SETTINGS + MASKED_INPUT_SETTINGS + FEATURE_SETTINGS
 
   @classmethod
