@@ -725,11 +725,11 @@ def test_instance_noise_schedule(feature_model_path):
   model.generator_encoder_optimizer.iterations.assign(229)
   assert float(model.noise_std()) == 0.0  # the last epoch has none
   # The digits defaults: 0.1 * (N - 1) / N in the first of N epochs, N = 87 for the
-  # family and the method's own length where it sets one (GALI-4 218, GALI-8 174; not
-  # GALI-PT, whose chains are GALI-4's).
+  # family and the method's own length where it sets one (GALI-4 and GALI-mix 218,
+  # GALI-8 174; not GALI-PT, whose chains are GALI-4's).
   del values["instance_noise"]
   for method, epochs in [("ali", 87), ("bigan", 87), ("alice", 87), ("gali4", 218),
-                         ("gali8", 174), ("gali_pt", 87), ("gali_mix", 87)]:
+                         ("gali8", 174), ("gali_pt", 87), ("gali_mix", 218)]:
     extra = {"feature_model": feature_model_path} if method == "gali_pt" else {}
     config = config_lib.resolve(dict(values, method=method, batch_size=8, **extra))
     assert config.instance_noise == 0.1 and config.epochs == epochs, method
