@@ -22,7 +22,6 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import keras  # pylint: disable=g-import-not-at-top
 import numpy as np
-import tensorflow as tf
 from absl import app
 from absl import flags
 
@@ -30,7 +29,6 @@ from age_tf import checkpointing
 from age_tf import data
 from age_tf import inference_statistics
 from age_tf.methods import METHODS
-from age_tf.metrics import inputs
 from age_tf.metrics import svm
 
 flags.DEFINE_list("model_dirs", [], "Runs (python -m age_tf.train --dataset=digits ...) to read.")
@@ -41,21 +39,16 @@ VALIDATION, PER_CLASS = 300, 10  # benchmarks/quality.py's SVM_VALIDATION, SVM_P
 
 
 def _parts(model):
-  """images -> [each hidden layer flattened, ..., the code], inference mode; and their names."""
+  """(featurize, a name per part, the parts' column bounds) of the protocol's features.
+
+  featurize is the protocol's own (svm.encoder_features): the last hidden
+  layers flattened, in order, then the code.
+  """
   layers = svm.hidden_layers(model.encoder, svm.HIDDEN_LAYERS)
-  hidden = keras.Model(model.encoder.inputs, [layer.output for layer in layers])
-
-  @tf.function
-  def run(images):
-    flat = [tf.reshape(p, [tf.shape(p)[0], -1]) for p in hidden(images, training=False)]
-    return tf.concat(flat + [model.encode(images, training=False)], -1)
-
-  def featurize(images):
-    return inputs.map_batches(run, images)
-
   sizes = [int(np.prod(layer.output.shape[1:])) for layer in layers] + [model.latent_dim]
   names = [f"{layer.name} ({size})" for layer, size in zip(layers, sizes)]
-  return featurize, names + [f"code ({model.latent_dim})"], np.cumsum([0] + sizes)
+  return (svm.encoder_features(model, svm.HIDDEN_LAYERS), names + [f"code ({model.latent_dim})"],
+          np.cumsum([0] + sizes))
 
 
 def _models(model_dir):
