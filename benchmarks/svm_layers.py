@@ -28,6 +28,7 @@ from absl import flags
 from age_tf import checkpointing
 from age_tf import data
 from age_tf import inference_statistics
+from age_tf.errors import UserError
 from age_tf.methods import METHODS
 from age_tf.metrics import svm
 
@@ -53,7 +54,10 @@ def _parts(model):
 
 def _models(model_dir):
   """[(label, served model)]: the latest checkpoint, then the untrained networks."""
-  config, trained, step = checkpointing.load_model(model_dir, None)
+  try:
+    config, trained, step = checkpointing.load_model(model_dir, None)
+  except UserError as e:
+    sys.exit(f"error: {e}")
   keras.utils.set_random_seed(config.seed)
   untrained = METHODS[config.method].create(config)
   name = os.path.basename(os.path.normpath(model_dir))
@@ -65,6 +69,12 @@ def main(argv):
   del argv
   if not FLAGS.model_dirs:
     raise app.UsageError("--model_dirs: name at least one digits run.")
+  for model_dir in FLAGS.model_dirs:  # every run checked before any work
+    config = checkpointing.saved_config(model_dir)
+    if config is None or config.dataset != "digits":
+      sys.exit(f"error: --model_dirs: {model_dir} is not a digits run (no "
+               f"{checkpointing.FLAGS_FILE} with --dataset=digits); train one with "
+               "python -m age_tf.train --dataset=digits.")
   arrays = svm.protocol_arrays(data.get_spec("digits"), VALIDATION)
   pool, pool_y, validation, validation_y, test, test_y = arrays
 
