@@ -63,7 +63,7 @@ from age_tf.metrics import svm
 
 flags.DEFINE_integer("train_steps", 920, "Training steps of every method (AGE's digits "
                      "default, 40 epochs; the ALI family's are 2,001, GALI-8's 4,002 and "
-                     "GALI-4's 5,014).")
+                     "GALI-4's and GALI-mix's 5,014).")
 flags.DEFINE_list("budgets", [], "Per-method training steps, METHOD:STEPS (overrides "
                   "--train_steps for that method).")
 flags.DEFINE_list("seeds", ["123"], "--seed of the training runs (the first for methods not "

@@ -588,7 +588,7 @@ class GALIMix(AdversarialInference):
   always_masked = True
   # 218 epochs (5,014 steps), as GALI-4: at 2,000 steps its features are level
   # with raw pixels on the SVM protocol and it inpaints worse than pasting the
-  # mean image; at 5,000 both pass (docs/quality.md).
+  # mean image; at 5,014 it does better on both (docs/quality.md).
   digits_epochs = 218
 
   def masked_codes(self, images):
